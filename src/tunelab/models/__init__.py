@@ -1,0 +1,1 @@
+"""Model components: tokenizers, tiny builders, loading and saving (diffusers folders and single files)."""
