@@ -1,0 +1,1 @@
+"""Dataset pipeline: sources → index (SQLite) → buckets, captions, caches, loader."""

@@ -1,0 +1,312 @@
+"""The dataset index: one SQLite row per item (image file), written by `tunelab prepare`, read by every later stage.
+
+Why SQLite and not one JSON dict (sd-scripts' `meta_lat.json`): a million items are ~200 MB on disk and nothing has
+to be held in memory; readers pull one split/bucket at a time in id order through an index; writers append in
+batched transactions; WAL mode lets a training run read while `prepare` writes.
+
+Item ids are stable: re-running `prepare` keeps the id of every path it has seen before (upsert on `path`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+SCHEMA_VERSION = 1
+TRAIN, VALIDATION = "train", "validation"
+OK, SKIPPED = "ok", "skipped"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subsets (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    repeats INTEGER NOT NULL DEFAULT 1,
+    is_reg INTEGER NOT NULL DEFAULT 0,
+    caption_options TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    subset_id INTEGER NOT NULL DEFAULT 0,
+    file_size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL DEFAULT 0,
+    content_hash TEXT,
+    width INTEGER NOT NULL DEFAULT 0,
+    height INTEGER NOT NULL DEFAULT 0,
+    bucket_width INTEGER NOT NULL DEFAULT 0,
+    bucket_height INTEGER NOT NULL DEFAULT 0,
+    resize_width INTEGER NOT NULL DEFAULT 0,
+    resize_height INTEGER NOT NULL DEFAULT 0,
+    crop_left INTEGER NOT NULL DEFAULT 0,
+    crop_top INTEGER NOT NULL DEFAULT 0,
+    tags TEXT,
+    caption TEXT,
+    tag_categories TEXT,
+    split TEXT NOT NULL DEFAULT 'train',
+    status TEXT NOT NULL DEFAULT 'ok',
+    skip_reason TEXT,
+    note TEXT,
+    seen_run INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS items_by_bucket ON items (status, split, bucket_width, bucket_height, id);
+CREATE INDEX IF NOT EXISTS items_by_reason ON items (status, skip_reason);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    """A group of items sharing repeat count, regularisation flag and caption options (an sd-scripts subset)."""
+
+    id: int
+    name: str
+    repeats: int = 1
+    is_reg: bool = False
+    caption_options: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexItem:
+    """One row. Sizes are (width, height) in pixels after EXIF orientation; the bucket is the training size.
+
+    SDXL conditioning from a row: original_size = (height, width), crop_top_left = (crop_top, crop_left),
+    target_size = (bucket_height, bucket_width); the image is resized to (resize_width, resize_height), then cropped."""
+
+    path: str
+    id: int | None = None
+    subset_id: int = 0
+    file_size: int = 0
+    mtime_ns: int = 0
+    content_hash: str | None = None
+    width: int = 0
+    height: int = 0
+    bucket_width: int = 0
+    bucket_height: int = 0
+    resize_width: int = 0
+    resize_height: int = 0
+    crop_left: int = 0
+    crop_top: int = 0
+    tags: str | None = None
+    caption: str | None = None
+    tag_categories: dict[str, list[str]] | None = None  # e.g. {"artist": [...], "character": [...]} when known
+    split: str = TRAIN
+    status: str = OK
+    skip_reason: str | None = None
+    note: str | None = None
+
+    @property
+    def bucket(self) -> tuple[int, int]:
+        return (self.bucket_width, self.bucket_height)
+
+    @property
+    def original_size_hw(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def crop_top_left(self) -> tuple[int, int]:
+        return (self.crop_top, self.crop_left)
+
+    @property
+    def target_size_hw(self) -> tuple[int, int]:
+        return (self.bucket_height, self.bucket_width)
+
+
+_COLUMNS = tuple(f.name for f in fields(IndexItem))
+_WRITE_COLUMNS = tuple(c for c in _COLUMNS if c != "id")
+_SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM items"
+_CATEGORIES_AT = _COLUMNS.index("tag_categories")
+_ID_AT = _COLUMNS.index("id")
+
+
+def _row_to_item(row: tuple) -> IndexItem:
+    if row[_CATEGORIES_AT] is not None:
+        row = row[:_CATEGORIES_AT] + (json.loads(row[_CATEGORIES_AT]),) + row[_CATEGORIES_AT + 1 :]
+    return IndexItem(*row)
+
+
+def _item_to_row(item: IndexItem, seen_run: int) -> tuple:
+    values = [getattr(item, c) for c in _WRITE_COLUMNS]
+    at = _WRITE_COLUMNS.index("tag_categories")
+    if values[at] is not None:
+        values[at] = json.dumps(values[at], ensure_ascii=False)
+    return (*values, seen_run)
+
+
+class DatasetIndex:
+    """Open with `DatasetIndex(path)` (creates the file) or `DatasetIndex.open_existing(path)`; use as a context
+    manager or call `close()`. Reads return `IndexItem`s; by default only usable (`status == "ok"`) items."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+            self.db.executescript(_SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.db.commit()
+        self.db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache: bounded memory at any scale
+
+    @classmethod
+    def open_existing(cls, path: str | Path, *, readonly: bool = True) -> "DatasetIndex":
+        from tunelab.errors import fail
+
+        if not Path(path).exists():
+            raise fail(path, "dataset index not found (run `tunelab prepare` first)")
+        return cls(path, readonly=readonly)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "DatasetIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- writing ---------------------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self.db.commit()
+
+    def get_meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def upsert_subset(self, name: str, *, repeats: int = 1, is_reg: bool = False, caption_options: dict | None = None) -> int:
+        """Create or update the subset called `name`; returns its id (stable across runs)."""
+        options = json.dumps(caption_options or {}, sort_keys=True)
+        self.db.execute(
+            "INSERT INTO subsets (name, repeats, is_reg, caption_options) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET repeats = excluded.repeats, is_reg = excluded.is_reg, "
+            "caption_options = excluded.caption_options",
+            (name, repeats, int(is_reg), options),
+        )
+        self.db.commit()
+        return self.db.execute("SELECT id FROM subsets WHERE name = ?", (name,)).fetchone()[0]
+
+    def write_items(self, items: Iterable[IndexItem], *, seen_run: int = 0, batch_rows: int = 1000) -> int:
+        """Insert or update items keyed by path (an existing path keeps its id), one transaction per batch."""
+        cols = ", ".join(_WRITE_COLUMNS) + ", seen_run"
+        marks = ", ".join("?" * (len(_WRITE_COLUMNS) + 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in (*_WRITE_COLUMNS[1:], "seen_run"))
+        sql = f"INSERT INTO items ({cols}) VALUES ({marks}) ON CONFLICT(path) DO UPDATE SET {updates}"
+        written, batch = 0, []
+        for item in items:
+            batch.append(_item_to_row(item, seen_run))
+            if len(batch) >= batch_rows:
+                written += self._write_batch(sql, batch)
+                batch = []
+        if batch:
+            written += self._write_batch(sql, batch)
+        return written
+
+    def _write_batch(self, sql: str, rows: list[tuple]) -> int:
+        with self.db:  # one transaction
+            self.db.executemany(sql, rows)
+        return len(rows)
+
+    def delete_unseen(self, seen_run: int) -> int:
+        """Drop rows whose file was not seen by run `seen_run` (removed from disk or from the config)."""
+        with self.db:
+            return self.db.execute("DELETE FROM items WHERE seen_run != ?", (seen_run,)).rowcount
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def get(self, item_id: int) -> IndexItem:
+        row = self.db.execute(_SELECT + " WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise KeyError(item_id)
+        return _row_to_item(row)
+
+    def get_many(self, item_ids: Sequence[int]) -> list[IndexItem]:
+        """Items for `item_ids`, in the order given (a loader's batch)."""
+        found: dict[int, IndexItem] = {}
+        for start in range(0, len(item_ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = list(item_ids[start : start + 500])
+            sql = _SELECT + f" WHERE id IN ({', '.join('?' * len(chunk))})"
+            for row in self.db.execute(sql, chunk):
+                item = _row_to_item(row)
+                found[item.id] = item
+        missing = [i for i in item_ids if i not in found]
+        if missing:
+            raise KeyError(missing[:5])
+        return [found[i] for i in item_ids]
+
+    def find_by_paths(self, paths: Sequence[str]) -> dict[str, IndexItem]:
+        """Existing rows for these paths (any status): the incremental re-run looks up one batch at a time."""
+        found: dict[str, IndexItem] = {}
+        for start in range(0, len(paths), 500):
+            chunk = list(paths[start : start + 500])
+            sql = _SELECT + f" WHERE path IN ({', '.join('?' * len(chunk))})"
+            for row in self.db.execute(sql, chunk):
+                item = _row_to_item(row)
+                found[item.path] = item
+        return found
+
+    def _where(self, split: str | None, bucket: tuple[int, int] | None, status: str | None) -> tuple[str, list]:
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if split is not None:
+            clauses.append("split = ?")
+            params.append(split)
+        if bucket is not None:
+            clauses.append("bucket_width = ? AND bucket_height = ?")
+            params.extend(bucket)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def iter_items(
+        self,
+        split: str | None = TRAIN,
+        bucket: tuple[int, int] | None = None,
+        *,
+        status: str | None = OK,
+        after_id: int = 0,
+        chunk_rows: int = 1000,
+    ) -> Iterator[IndexItem]:
+        """Items in id order, read in chunks by keyset pagination (constant memory, no long-lived cursor).
+        `split=None` / `status=None` mean any."""
+        where, params = self._where(split, bucket, status)
+        joiner = " AND " if where else " WHERE "
+        sql = _SELECT + where + joiner + "id > ? ORDER BY id LIMIT ?"
+        last = after_id
+        while True:
+            rows = self.db.execute(sql, (*params, last, chunk_rows)).fetchall()
+            for row in rows:
+                yield _row_to_item(row)
+            if len(rows) < chunk_rows:
+                return
+            last = rows[-1][_ID_AT]
+
+    def item_ids(self, split: str | None = TRAIN, bucket: tuple[int, int] | None = None, *, status: str | None = OK) -> list[int]:
+        """Just the ids, in id order (what a bucket sampler shuffles); served from the covering index."""
+        where, params = self._where(split, bucket, status)
+        return [r[0] for r in self.db.execute("SELECT id FROM items" + where + " ORDER BY id", params)]
+
+    def count(self, split: str | None = TRAIN, bucket: tuple[int, int] | None = None, *, status: str | None = OK) -> int:
+        where, params = self._where(split, bucket, status)
+        return self.db.execute("SELECT COUNT(*) FROM items" + where, params).fetchone()[0]
+
+    def bucket_counts(self, split: str | None = TRAIN) -> dict[tuple[int, int], int]:
+        """{(bucket_width, bucket_height): number of usable items}, sorted by bucket."""
+        where, params = self._where(split, None, OK)
+        sql = f"SELECT bucket_width, bucket_height, COUNT(*) FROM items{where} GROUP BY bucket_width, bucket_height ORDER BY 1, 2"
+        return {(w, h): n for w, h, n in self.db.execute(sql, params)}
+
+    def skip_counts(self) -> dict[str, int]:
+        """{skip reason: number of skipped items}, most frequent first."""
+        sql = "SELECT skip_reason, COUNT(*) FROM items WHERE status = ? GROUP BY skip_reason ORDER BY 2 DESC, 1"
+        return {reason: n for reason, n in self.db.execute(sql, (SKIPPED,))}
+
+    def subsets(self) -> dict[int, Subset]:
+        rows = self.db.execute("SELECT id, name, repeats, is_reg, caption_options FROM subsets ORDER BY id")
+        return {r[0]: Subset(r[0], r[1], r[2], bool(r[3]), json.loads(r[4])) for r in rows}
