@@ -42,6 +42,32 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's
     typer.echo(app.info.help)
 
 
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="Diffusers folder or single .safetensors file (SD1.5 / SDXL)."),
+    out: Path = typer.Argument(..., help="Output: a folder (--to diffusers) or a .safetensors file (--to single-file)."),
+    to: str = typer.Option(..., "--to", help="diffusers | single-file"),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (default: the input's stored dtype)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .ckpt/.pt/.bin pickles (weights only)."),
+) -> None:
+    """Convert a model between a diffusers folder and an A1111/ComfyUI single file."""
+    from tunelab.models.convert import convert_model
+
+    written = convert_model(model, out, to=to, dtype=dtype, allow_pickle=allow_pickle)
+    typer.echo(f"wrote {written}")
+
+
+@app.command()
+def info(
+    model: Path = typer.Argument(..., help="Diffusers folder or single .safetensors file."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .ckpt/.pt/.bin pickles (weights only)."),
+) -> None:
+    """Architecture, format, dtype and parameter count per component."""
+    from tunelab.models.info import model_info
+
+    typer.echo("\n".join(model_info(model, allow_pickle=allow_pickle).lines()))
+
+
 def main() -> None:
     try:
         app()
