@@ -68,6 +68,35 @@ def info(
     typer.echo("\n".join(model_info(model, allow_pickle=allow_pickle).lines()))
 
 
+@app.command()
+def grid(config: Path = typer.Argument(..., help="GRID.toml: base settings and x / y / z axes.")) -> None:
+    """Render an A1111-style X/Y/Z grid (axes: checkpoint, seed, prompt_sr, cfg_scale, steps, sampler, clip_skip)."""
+    from tunelab.evaluate.grid import render_grid
+    from tunelab.evaluate.grid_config import load_grid_config
+
+    for path in render_grid(load_grid_config(config)):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def merge(
+    model_a: Path = typer.Argument(..., help="Model A (alpha 0): diffusers folder or single file."),
+    model_b: Path = typer.Argument(..., help="Model B (alpha 1)."),
+    out: Path = typer.Option(..., "--out", help="Output: NAME.safetensors (single file) or a folder (diffusers)."),
+    alpha: float = typer.Option(0.5, help="Weighted sum (1 - alpha)·A + alpha·B for every component."),
+    unet_alpha: Optional[float] = typer.Option(None, help="Alpha for the UNet (default: --alpha)."),
+    text_encoder_alpha: Optional[float] = typer.Option(None, help="Alpha for the text encoders (default: --alpha)."),
+    vae_alpha: Optional[float] = typer.Option(None, help="Alpha for the VAE (default: --alpha)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (default: A's stored dtype)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .ckpt/.pt/.bin pickles (weights only)."),
+) -> None:
+    """Merge two models by weighted sum (A1111's checkpoint merger), with per-component alphas."""
+    from tunelab.evaluate.merge import MergeAlphas, merge_files
+
+    alphas = MergeAlphas.from_options(alpha, unet=unet_alpha, text_encoders=text_encoder_alpha, vae=vae_alpha)
+    typer.echo(f"wrote {merge_files(model_a, model_b, out, alphas, dtype=dtype, allow_pickle=allow_pickle)}")
+
+
 def main() -> None:
     try:
         app()
