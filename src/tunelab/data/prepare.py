@@ -1,0 +1,202 @@
+"""The prepare stage: sources → checked images → buckets and split → the SQLite index, plus a skip report.
+
+Incremental: a file whose path, size and mtime match its row (and whose image checks did not change) is not read
+again. Every other image is read once: hashed and fully decoded. Nothing raises for a bad image or caption: the
+item is written with `status = "skipped"` and a reason, and listed in the report next to the index."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm import tqdm
+
+from tunelab.atomic import atomic_path, write_json
+from tunelab.data.buckets import assign_bucket
+from tunelab.data.config import DataConfig, FolderSource, SplitConfig
+from tunelab.data.images import ImageSkip, inspect_image
+from tunelab.data.index import OK, SKIPPED, TRAIN, VALIDATION, DatasetIndex, IndexItem
+from tunelab.data.sources import Candidate, SubsetSpec, iter_candidates
+
+# Reasons decided by the image file itself (kept on an unchanged file without reading it again).
+IMAGE_SKIP_REASONS = {"empty_file", "too_many_pixels", "too_small", "animated", "not_an_image", "truncated", "corrupt"}
+TEXT_NOTES = {"no_caption", "empty_caption"}  # recomputed from the sidecars on every run
+
+
+@dataclass
+class PrepareStats:
+    items: int = 0  # candidates seen this run
+    images_read: int = 0  # image files read and decoded this run
+    unchanged: int = 0  # files reused from the index without reading
+    ok: int = 0
+    skipped: int = 0
+    removed: int = 0  # rows dropped because their file is gone
+    train: int = 0
+    validation: int = 0
+    seconds: float = 0.0
+    skip_counts: dict[str, int] = field(default_factory=dict)
+    note_counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        skips = ", ".join(f"{r} {n}" for r, n in self.skip_counts.items()) or "none"
+        return (
+            f"{self.ok} items indexed ({self.train} train, {self.validation} validation), {self.skipped} skipped "
+            f"({skips}); {self.images_read} images read, {self.unchanged} unchanged, {self.removed} removed; "
+            f"{self.seconds:.1f} s"
+        )
+
+
+def split_of(path: Path, content_hash: str, config: SplitConfig) -> str:
+    """Validation if under the validation folder, or if the salted content hash falls below the fraction.
+    By content (not path or order): the same image is held out on every machine, and duplicates never straddle."""
+    if config.validation_folder is not None and path.is_relative_to(config.validation_folder):
+        return VALIDATION
+    if config.validation_fraction > 0:
+        digest = hashlib.blake2b(f"{config.salt}:{content_hash}".encode(), digest_size=8).digest()
+        if int.from_bytes(digest, "big") / 2**64 < config.validation_fraction:
+            return VALIDATION
+    return TRAIN
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class _ItemBuilder:
+    """Turns one candidate (and its previous row, if any) into the row to write; counts what it did."""
+
+    def __init__(self, config: DataConfig, stats: PrepareStats, subset_ids: dict[str, int], reuse_images: bool):
+        self.config, self.stats, self.subset_ids, self.reuse_images = config, stats, subset_ids, reuse_images
+        self.notes: Counter[str] = Counter()
+
+    def build(self, candidate: Candidate, previous: IndexItem | None) -> IndexItem:
+        self.stats.items += 1
+        base = dict(path=str(candidate.path), subset_id=self.subset_ids[candidate.subset.name], tags=candidate.text.tags,
+                    caption=candidate.text.caption, tag_categories=candidate.text.tag_categories)  # fmt: skip
+        if candidate.skip_reason:
+            return IndexItem(**base, status=SKIPPED, skip_reason=candidate.skip_reason)
+        try:
+            stat = candidate.path.stat()
+        except OSError as e:
+            return IndexItem(**base, status=SKIPPED, skip_reason="unreadable", note=e.strerror)
+        base.update(file_size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        if candidate.text.skip_reason:  # decided before touching the image
+            return IndexItem(**base, status=SKIPPED, skip_reason=candidate.text.skip_reason)
+        if self.config.images.require_caption and not (candidate.text.tags or candidate.text.caption):
+            return IndexItem(**base, status=SKIPPED, skip_reason="no_caption")
+
+        if self._unchanged(previous, stat):
+            self.stats.unchanged += 1
+            if previous.status == SKIPPED:
+                return IndexItem(**base, content_hash=previous.content_hash, status=SKIPPED,
+                                 skip_reason=previous.skip_reason, note=previous.note)  # fmt: skip
+            width, height, content_hash = previous.width, previous.height, previous.content_hash
+            image_notes = tuple(n for n in (previous.note or "").split("; ") if n and n not in TEXT_NOTES)
+        else:
+            self.stats.images_read += 1
+            facts = inspect_image(candidate.path, self.config.images)
+            if isinstance(facts, ImageSkip):
+                return IndexItem(**base, content_hash=facts.content_hash, status=SKIPPED, skip_reason=facts.reason,
+                                 note=facts.detail or None)  # fmt: skip
+            width, height, content_hash, image_notes = facts.width, facts.height, facts.content_hash, facts.notes
+
+        notes = tuple(dict.fromkeys(image_notes + candidate.text.notes))
+        self.notes.update(notes)
+        placement = assign_bucket(width, height, self.config.buckets)
+        return IndexItem(
+            **base, content_hash=content_hash, width=width, height=height,
+            bucket_width=placement.bucket_width, bucket_height=placement.bucket_height,
+            resize_width=placement.resize_width, resize_height=placement.resize_height,
+            crop_left=placement.crop_left, crop_top=placement.crop_top,
+            split=split_of(candidate.path, content_hash, self.config.split), status=OK, note="; ".join(notes) or None,
+        )  # fmt: skip
+
+    def _unchanged(self, previous: IndexItem | None, stat) -> bool:
+        return (
+            self.reuse_images
+            and previous is not None
+            and previous.content_hash is not None
+            and previous.file_size == stat.st_size
+            and previous.mtime_ns == stat.st_mtime_ns
+            and (previous.status == OK or previous.skip_reason in IMAGE_SKIP_REASONS)
+        )
+
+
+def _with_validation_folder(config: DataConfig) -> list:
+    """The explicit validation folder is indexed even when no source lists it."""
+    folder = config.split.validation_folder
+    if folder is None or any(isinstance(s, FolderSource) and folder.is_relative_to(s.path) for s in config.sources):
+        return list(config.sources)
+    return [*config.sources, FolderSource(type="folder", path=folder)]
+
+
+def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStats:
+    """Build or update the index at `config.index` (paths in `config` must be absolute: `DataConfig.resolved`)."""
+    started = time.perf_counter()
+    stats = PrepareStats()
+    with DatasetIndex(config.index) as index:
+        run = int(index.get_meta("last_run", 0)) + 1
+        checks = config.images.model_dump(mode="json")
+        builder = _ItemBuilder(config, stats, {}, reuse_images=index.get_meta("image_checks") == checks)
+
+        def rows() -> Iterator[IndexItem]:
+            candidates = tqdm(iter_candidates(_with_validation_folder(config)), unit="img", desc="prepare", disable=not progress)
+            for batch in _batched(candidates, config.batch_rows):
+                for spec in {c.subset.name: c.subset for c in batch}.values():
+                    _register_subset(index, spec, builder.subset_ids)
+                previous = index.find_by_paths([str(c.path) for c in batch])
+                for candidate in batch:
+                    yield builder.build(candidate, previous.get(str(candidate.path)))
+
+        index.write_items(rows(), seen_run=run, batch_rows=config.batch_rows)
+        stats.removed = index.delete_unseen(run)
+        index.set_meta("last_run", run)
+        index.set_meta("image_checks", checks)
+        index.set_meta("data_config", config.model_dump(mode="json"))
+
+        stats.ok, stats.skipped = index.count(None), index.count(None, status=SKIPPED)
+        stats.train, stats.validation = index.count(TRAIN), index.count(VALIDATION)
+        stats.skip_counts = index.skip_counts()
+        stats.note_counts = dict(builder.notes.most_common())
+        stats.seconds = time.perf_counter() - started
+        write_skip_report(index, stats)
+    return stats
+
+
+def _register_subset(index: DatasetIndex, spec: SubsetSpec, subset_ids: dict[str, int]) -> None:
+    if spec.name not in subset_ids:
+        subset_ids[spec.name] = index.upsert_subset(spec.name, repeats=spec.repeats, is_reg=spec.is_reg,
+                                                    caption_options=spec.caption_options)  # fmt: skip
+
+
+def report_paths(index_path: Path) -> tuple[Path, Path]:
+    """The skip report next to the index: `<index>.skips.json` (counts + items) and `<index>.skips.txt`."""
+    index_path = Path(index_path)
+    return index_path.with_name(index_path.name + ".skips.json"), index_path.with_name(index_path.name + ".skips.txt")
+
+
+def write_skip_report(index: DatasetIndex, stats: PrepareStats) -> None:
+    """Counts by reason plus one line per skipped file (reason, path, detail), both written atomically."""
+    json_path, text_path = report_paths(index.path)
+    skipped = [(it.skip_reason, it.path, it.note or "") for it in index.iter_items(split=None, status=SKIPPED)]
+    skipped.sort()
+    write_json(json_path, {
+        "summary": stats.summary(),
+        "skip_counts": stats.skip_counts,
+        "accepted_with_notes": stats.note_counts,
+        "skipped": [{"reason": r, "path": p, "detail": d} for r, p, d in skipped],
+    })  # fmt: skip
+    with atomic_path(text_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        out.write(f"# {stats.summary()}\n")
+        for reason, count in stats.skip_counts.items():
+            out.write(f"# {reason}: {count}\n")
+        for reason, path, detail in skipped:
+            detail = " ".join(detail.split())  # one line per file, whatever the error text held
+            out.write(f"{reason}\t{path}\t{detail}\n")
