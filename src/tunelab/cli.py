@@ -97,6 +97,22 @@ def merge(
     typer.echo(f"wrote {merge_files(model_a, model_b, out, alphas, dtype=dtype, allow_pickle=allow_pickle)}")
 
 
+@app.command()
+def prepare(
+    config: Path = typer.Argument(..., help="Run config TOML with a [data] table (sources, split, buckets, images)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Index the dataset (SQLite): check every image once, bucket it, split it; bad files are skipped with reasons."""
+    from tunelab.data.config import load_data_config
+    from tunelab.data.prepare import prepare_dataset, report_paths
+
+    data_config = load_data_config(config)
+    stats = prepare_dataset(data_config, progress=not quiet)
+    typer.echo(stats.summary())
+    typer.echo(f"index: {data_config.index}")
+    typer.echo(f"skip report: {report_paths(data_config.index)[1]}")
+
+
 def main() -> None:
     try:
         app()
