@@ -1,0 +1,149 @@
+"""Checkpoints: the model (diffusers folder or single file, through `tunelab.models.io.save_model`) and the full
+training state — trained weights at full precision, optimizer, LR scheduler, EMA, RNG states of every process,
+step and data position — so `--resume` continues exactly where the run was.
+
+A checkpoint folder is built under a temporary name and renamed when complete: a killed process leaves either a
+whole checkpoint or none. Non-finite weights are never written."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunelab import atomic
+from tunelab.errors import TunelabError, fail
+from tunelab.models.components import ModelComponents
+from tunelab.models.io import save_model
+from tunelab.train.batches import DataPosition
+
+STATE = "state"  # sub-folder with what resume needs
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # data position: next micro-batch is batch `batch` of epoch `epoch`
+    batch: int = 0
+
+    @property
+    def position(self) -> DataPosition:
+        return DataPosition(self.epoch, self.batch)
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def rng_states() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)  # loadable weights_only
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_finite(parts: dict[str, torch.nn.Module]) -> None:
+    for part_name, module in parts.items():
+        for name, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TunelabError(f"{part_name}.{name} has non-finite values; checkpoint not written")
+
+
+def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_components: ModelComponents,
+                    trained_parts: dict[str, torch.nn.Module], optimizer, lr_scheduler, ema=None, ema_parameters=None,
+                    model_format: str = "diffusers", model_dtype: str | None = None, save_state: bool = True) -> Path:
+    """Collective: every process calls it (each writes its RNG state); the main process writes the rest.
+    With EMA, the model is written with the EMA weights and the training state keeps the raw ones."""
+    target = checkpoint_dir(output_dir, progress.step)
+    tmp = target.with_name(f".{target.name}.tmp")
+    check_finite(trained_parts)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        (tmp / STATE).mkdir(parents=True)
+        model_path = tmp / ("model" if model_format == "diffusers" else "model.safetensors")
+        if ema is not None:
+            ema.store(ema_parameters)
+            ema.copy_to(ema_parameters)
+        try:
+            save_model(model_components, model_path, format=model_format, dtype=model_dtype)
+        finally:
+            if ema is not None:
+                ema.restore(ema_parameters)
+        if save_state:
+            for name, module in trained_parts.items():
+                atomic.save_safetensors(tmp / STATE / f"{name}.safetensors", module.state_dict())
+            with atomic.atomic_path(tmp / STATE / "optimizer.pt") as p:
+                torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                            "ema": ema.state_dict() if ema is not None else None}, p)
+            atomic.write_json(tmp / STATE / "progress.json", asdict(progress))
+    accelerator.wait_for_everyone()
+    if save_state:
+        with atomic.atomic_path(tmp / STATE / f"rng_{accelerator.process_index}.pt") as p:
+            torch.save(rng_states(), p)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def find_checkpoint(output_dir: Path, resume: str | Path) -> Path:
+    """`resume` is a checkpoint folder, or "latest": the highest-step complete checkpoint of this run."""
+    if str(resume) != "latest":
+        path = Path(resume)
+        if not (path / STATE / "progress.json").exists():
+            raise fail(path, "not a checkpoint with training state (no state/progress.json)")
+        return path
+    candidates = sorted((Path(output_dir) / "checkpoints").glob("step-*/state/progress.json"))
+    if not candidates:
+        raise fail(output_dir, "--resume latest: no checkpoint with training state in this run's output folder")
+    return max(candidates, key=lambda p: json.loads(p.read_text())["step"]).parent.parent
+
+
+def load_checkpoint(accelerator, path: Path, *, trained_parts: dict[str, torch.nn.Module], optimizer, lr_scheduler,
+                    ema=None) -> Progress:
+    from safetensors.torch import load_file
+
+    state = Path(path) / STATE
+    for name, module in trained_parts.items():
+        weights = state / f"{name}.safetensors"
+        if not weights.exists():
+            raise fail(path, f"has no saved weights for {name} (was it trained with another text_encoder.mode?)")
+        module.load_state_dict(load_file(weights))
+    saved = torch.load(state / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    if ema is not None:
+        if saved["ema"] is None:
+            raise fail(path, "was saved without EMA but train.ema_decay is set")
+        ema.load_state_dict(saved["ema"])
+    rng = state / f"rng_{accelerator.process_index}.pt"
+    if rng.exists():  # a run resumed with more processes than it had: the new ones keep their own seeds
+        set_rng_states(torch.load(rng, weights_only=True))
+    return Progress(**json.loads((state / "progress.json").read_text()))
+
+
+def prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    folders = sorted((Path(output_dir) / "checkpoints").glob("step-*"))
+    for old in folders[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,152 @@
+"""The training loop, top to bottom. Everything it uses is built by `recipe.build_run` from the config; the loop
+itself only runs optimizer steps and decides when to log, checkpoint, sample and validate.
+
+One optimizer step = `gradient_accumulation_steps` micro-batches (gradients synchronised across processes only on
+the last). Noise and timesteps depend only on (seed, micro-step, position in the global batch), so the same global
+batch gives the same loss on 1 or N processes, and a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from tunelab.errors import TunelabError
+from tunelab.models.components import ModelComponents
+from tunelab.train.batches import BatchSource, micro_batches
+from tunelab.train.checkpoint import Progress, prune_checkpoints, save_checkpoint
+from tunelab.train.config import RunConfig
+from tunelab.train.logs import TrainLogger
+from tunelab.train.offload import OffloadedModules
+from tunelab.train.objective import components_view, training_loss
+from tunelab.train.parameters import TrainablePlan
+
+
+@dataclass
+class TrainingRun:
+    config: RunConfig
+    accelerator: object  # accelerate.Accelerator
+    components: ModelComponents  # the plain modules: what is saved, sampled and validated
+    plan: TrainablePlan
+    unet: torch.nn.Module  # as called in training: DDP-wrapped when it trains
+    text_encoders: list[torch.nn.Module]  # likewise
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    noise_scheduler: object  # diffusers DDPMScheduler: the forward process
+    batches: BatchSource
+    total_steps: int
+    progress: Progress
+    logger: TrainLogger
+    ema: object | None = None  # diffusers EMAModel over the UNet's trained parameters
+    samples: object | None = None  # recipe.SampleRenderer
+    validation: object | None = None  # tunelab.validate hook: .due(step) -> bool, .run(components, step, logger)
+    offloaded: OffloadedModules | None = None  # frozen text encoders kept out of memory (cached embeddings)
+
+
+def train(run: TrainingRun) -> Progress:
+    cfg, accelerator, progress = run.config, run.accelerator, run.progress
+    position = progress.position
+    stream = micro_batches(run.batches, position)
+    conditioning_parts = components_view(run.components, run.text_encoders)
+    accumulation = cfg.train.gradient_accumulation_steps
+    wrapped = [m for m in (run.unet, *run.text_encoders) if m is not None and hasattr(m, "no_sync")]
+    first_index = accelerator.process_index * cfg.train.batch_size  # this process's slice of the global batch
+    images_per_step = cfg.train.batch_size * accelerator.num_processes * accumulation
+    set_train_mode(run)
+    bar = tqdm(total=run.total_steps, initial=progress.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (accelerator.is_main_process and cfg.logging.progress_bar))
+    while progress.step < run.total_steps:
+        if run.plan.text_encoder_stop_step is not None and progress.step >= run.plan.text_encoder_stop_step:
+            run.plan.freeze_text_encoders()  # idempotent; from here on only the UNet trains
+        train_text_encoders = run.plan.trains_text_encoders
+        epoch_before = position.epoch
+
+        # forward + backward over the micro-batches of this step
+        losses, timesteps = [], []
+        for micro in range(accumulation):
+            batch = next(stream)
+            last = micro == accumulation - 1
+            with synchronised(accelerator, wrapped, last), accelerator.autocast():
+                loss, t = training_loss(conditioning_parts, run.unet, batch, cfg, run.noise_scheduler,
+                                        seed=cfg.train.seed, micro_step=progress.step * accumulation + micro,
+                                        first_index=first_index, train_text_encoders=train_text_encoders)
+                accelerator.backward(loss / accumulation)
+            losses.append(loss.detach())
+            timesteps.append(t)
+
+        # gradient norm (clipped when max_grad_norm > 0), NaN/inf guard, update
+        parameters = [p for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = accelerator.clip_grad_norm_(parameters, cfg.train.max_grad_norm or float("inf"))
+        loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()  # mean over the global batch
+        grad_norm = float(grad_norm)
+        finite = torch.isfinite(torch.tensor([loss, grad_norm])).all().item() or grad_norm_is_scalers(accelerator, loss)
+        if finite:
+            run.optimizer.step()
+            if run.ema is not None:
+                run.ema.step(run.plan.parts["unet"].parameters())
+        elif cfg.train.nonfinite == "stop":
+            raise TunelabError(f"step {progress.step + 1}: loss {loss} / gradient norm {grad_norm} is not finite; "
+                               "stopped (set train.nonfinite = \"skip\" to skip such steps)")
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        progress.step, progress.epoch, progress.batch = progress.step + 1, position.epoch, position.batch
+
+        run.logger.step(progress.step, loss=loss, grad_norm=grad_norm, images=images_per_step,
+                        timesteps=torch.cat(timesteps), lrs={g["name"]: g["lr"] for g in run.optimizer.param_groups})
+        if not finite:
+            run.logger.scalar("nonfinite_skipped_step", 1.0, progress.step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{run.logger.smoothed:.4f}", epoch=position.epoch, refresh=False)
+
+        saved = checkpoint_due(cfg, progress.step, run.total_steps, position.epoch > epoch_before, position.epoch)
+        if saved:
+            save(run)
+        if run.samples is not None and run.samples.due(progress.step):
+            run.samples.render(run.components, progress.step, run.logger)
+        # Validation (tunelab.validate): at its own cadence and at every checkpoint.
+        if run.validation is not None and (saved or run.validation.due(progress.step)):
+            run.validation.run(run.components, progress.step, run.logger)
+    bar.close()
+    run.logger.close()
+    return progress
+
+
+def set_train_mode(run: TrainingRun) -> None:
+    for name, part in run.plan.parts.items():
+        part.module.train(bool(part.trainable))
+
+
+@contextlib.contextmanager
+def synchronised(accelerator, wrapped_modules, sync: bool):
+    """Gradient all-reduce only on the last micro-batch of a step (DDP's no_sync on the others)."""
+    with contextlib.ExitStack() as stack:
+        if not sync:
+            for module in wrapped_modules:
+                stack.enter_context(accelerator.no_sync(module))
+        yield
+
+
+def grad_norm_is_scalers(accelerator, loss: float) -> bool:
+    """fp16: an inf gradient is the loss scaler's business (it skips the step and lowers the scale)."""
+    return getattr(accelerator, "scaler", None) is not None and bool(torch.isfinite(torch.tensor(loss)))
+
+
+def checkpoint_due(cfg: RunConfig, step: int, total_steps: int, epoch_ended: bool, epoch: int) -> bool:
+    every_steps, every_epochs = cfg.checkpoint.every_n_steps, cfg.checkpoint.every_n_epochs
+    return (step == total_steps or (every_steps > 0 and step % every_steps == 0)
+            or (epoch_ended and every_epochs > 0 and epoch % every_epochs == 0))
+
+
+def save(run: TrainingRun) -> None:
+    """Model (with EMA weights when EMA is on) + training state."""
+    cfg = run.config
+    with run.offloaded.restored() if run.offloaded is not None else contextlib.nullcontext():
+        save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=run.components,
+                        trained_parts=run.plan.trained_modules(), optimizer=run.optimizer,
+                        lr_scheduler=run.lr_scheduler, ema=run.ema, ema_parameters=run.plan.parts["unet"].parameters(),
+                        model_format=cfg.checkpoint.format, model_dtype=cfg.checkpoint.dtype,
+                        save_state=cfg.checkpoint.save_state)
+    if run.accelerator.is_main_process:
+        prune_checkpoints(cfg.train.output_dir, cfg.checkpoint.keep_last)

@@ -1,0 +1,43 @@
+"""Frozen modules kept out of memory: weights written once to a safetensors file, the module left on the `meta`
+device (structure, no storage), and brought back only while a checkpoint is written.
+
+With cached text embeddings and frozen text encoders, training never runs the encoders: on real SDXL this frees
+~1.6 GB of accelerator memory (and the same in RAM on a CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file
+
+from tunelab import atomic
+
+
+class OffloadedModules:
+    def __init__(self, modules: dict[str, torch.nn.Module], folder: Path):
+        self.modules = modules
+        self.folder = Path(folder)
+        self.devices = {name: next(m.parameters()).device for name, m in modules.items()}
+        for name, module in modules.items():
+            # every buffer too: non-persistent ones (e.g. CLIP's position_ids) are not in the state dict
+            tensors = {**module.state_dict(), **{f"buffer:{n}": b for n, b in module.named_buffers()}}
+            atomic.save_safetensors(self.folder / f"{name}.safetensors", tensors)
+            module.to("meta")
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        for name, module in self.modules.items():
+            module.to_empty(device=self.devices[name])
+            tensors = load_file(self.folder / f"{name}.safetensors", device=str(self.devices[name]))
+            buffers = dict(module.named_buffers())
+            for key in [k for k in tensors if k.startswith("buffer:")]:
+                buffers[key.removeprefix("buffer:")].copy_(tensors.pop(key))
+            module.load_state_dict(tensors)
+        try:
+            yield
+        finally:
+            for module in self.modules.values():
+                module.to("meta")

@@ -1,0 +1,141 @@
+"""The finetune recipe: compose the loop's parts from a `RunConfig` (model, trainable plan, optimizer, schedule,
+accelerator, data, logging, samples), optionally restore a checkpoint, run `loop.train`.
+
+`tunelab train CONFIG.toml` calls `run_training`; tests and benchmarks call it with their own components and batch
+source."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from tunelab import atomic
+from tunelab.errors import TunelabError
+from tunelab.models.components import ModelComponents
+from tunelab.train.batches import BatchSource
+from tunelab.train.checkpoint import Progress, find_checkpoint, load_checkpoint
+from tunelab.train.config import RunConfig
+from tunelab.train.logs import TrainLogger
+from tunelab.train.loop import TrainingRun, train
+from tunelab.train.noise import training_scheduler
+from tunelab.train.offload import OffloadedModules
+from tunelab.train.optim import build_lr_scheduler, build_optimizer
+from tunelab.train.parameters import TrainablePlan, format_dry_run, parameter_groups, plan_trainable
+from tunelab.train.samples import SampleRenderer
+
+
+def load_components(config: RunConfig) -> ModelComponents:
+    from tunelab.models.io import load_model
+
+    return load_model(config.model.path, dtype=config.model.dtype)
+
+
+def dry_run(config: RunConfig, components: ModelComponents | None = None) -> str:
+    """The trainable-parameter table of this config; trains nothing."""
+    components = components or load_components(config)
+    return format_dry_run(plan_trainable(components, config))
+
+
+def make_accelerator(config: RunConfig, plan: TrainablePlan):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise TunelabError("train.mixed_precision: fp16 needs a GPU; on CPU use \"bf16\" or \"no\"")
+    return Accelerator(mixed_precision=config.train.mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+
+
+def total_steps(config: RunConfig, batches: BatchSource) -> int:
+    if config.train.max_steps is not None:
+        return config.train.max_steps
+    return max(1, config.train.epochs * batches.batches_per_epoch() // config.train.gradient_accumulation_steps)
+
+
+def frozen_text_encoders_unneeded(config: RunConfig, batches: BatchSource) -> bool:
+    """Cached text embeddings + frozen encoders + no sampling: the encoders need not be in memory at all."""
+    return (config.text_encoder.mode == "off" and getattr(batches, "has_text_embeddings", False)
+            and not config.logging.sample_every_n_steps and config.validation is None)
+
+
+def build_run(config: RunConfig, components: ModelComponents, batches: BatchSource,
+              resume: str | Path | None = None) -> TrainingRun:
+    torch.manual_seed(config.train.seed)
+    plan = plan_trainable(components, config)
+    plan.apply()
+    accelerator = make_accelerator(config, plan)
+    if config.train.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+        for name, part in plan.parts.items():
+            if name.startswith("text_encoder") and part.trainable:
+                part.module.gradient_checkpointing_enable()
+    for module in components.named_parts().values():
+        module.to(accelerator.device)
+    offloaded = None
+    if frozen_text_encoders_unneeded(config, batches):
+        offloaded = OffloadedModules({f"text_encoder_{i}": m for i, m in enumerate(components.text_encoders)},
+                                     Path(config.train.output_dir) / ".offloaded")
+    optimizer = build_optimizer(parameter_groups(plan), config.optimizer)
+    steps = total_steps(config, batches)
+    lr_scheduler = build_lr_scheduler(optimizer, config.optimizer, steps)  # stepped by us, once per step
+    unet = accelerator.prepare(components.unet) if plan.trains_unet else components.unet
+    text_encoders = [accelerator.prepare(p.module) if p.trainable else p.module
+                     for n, p in plan.parts.items() if n.startswith("text_encoder")]
+    optimizer = accelerator.prepare(optimizer)
+    ema = None
+    if config.train.ema_decay:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(plan.parts["unet"].parameters(), decay=config.train.ema_decay)
+    progress = Progress()
+    if resume is not None:
+        checkpoint = find_checkpoint(config.train.output_dir, resume)
+        progress = load_checkpoint(accelerator, checkpoint, trained_parts=plan.trained_modules(), optimizer=optimizer,
+                                   lr_scheduler=lr_scheduler, ema=ema)
+        if accelerator.is_main_process:
+            print(f"resumed from {checkpoint} at step {progress.step}", file=sys.stderr)
+    output = Path(config.train.output_dir)
+    logger = TrainLogger(output / "tensorboard", config.logging, enabled=accelerator.is_main_process,
+                         start_step=progress.step)
+    samples = SampleRenderer(config, output / "samples", enabled=accelerator.is_main_process) \
+        if config.logging.sample_every_n_steps and config.logging.sample_prompts else None
+    return TrainingRun(config, accelerator, components, plan, unet, text_encoders, optimizer, lr_scheduler,
+                       training_scheduler(components.scheduler, config.loss), batches, steps, progress, logger,
+                       ema=ema, samples=samples, validation=None, offloaded=offloaded)
+
+
+def write_run_record(config: RunConfig, path: Path) -> None:
+    """The resolved config, library versions and seed, next to the run's outputs."""
+    import accelerate
+    import diffusers
+    import transformers
+
+    import tunelab
+
+    atomic.write_json(path, {
+        "config": config.model_dump(mode="json"),
+        "seed": config.train.seed,
+        "versions": {"tunelab": tunelab.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+                     "python": platform.python_version()},
+    })
+
+
+def run_training(config: RunConfig, *, components: ModelComponents | None = None,
+                 batches: BatchSource | None = None, resume: str | Path | None = None) -> TrainingRun:
+    components = components or load_components(config)
+    if batches is None:
+        batches = data_batches(config, components)
+    run = build_run(config, components, batches, resume)
+    if run.accelerator.is_main_process:
+        write_run_record(config, Path(config.train.output_dir) / "run.json")
+    train(run)
+    run.accelerator.wait_for_everyone()
+    return run
+
+
+def data_batches(config: RunConfig, components: ModelComponents) -> BatchSource:
+    raise TunelabError("data: the dataset loader (tunelab.data.loader) is not available yet")
+
