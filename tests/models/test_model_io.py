@@ -168,6 +168,43 @@ def test_foreign_file_without_metadata_is_checked_against_full_size_layout(tiny_
         load_model(tmp_path / "foreign.safetensors")
 
 
+def test_foreign_file_loads_with_the_standard_configs(tiny_sd15_model, tmp_path, monkeypatch):
+    """The path real A1111 files take (no metadata → configs of the architecture), with the tiny model's configs
+    standing in for the full-size ones so it runs in a second."""
+    from safetensors.torch import save_file
+
+    from tunelab.models import single_file
+    from tunelab.models.ldm_layout import components_to_ldm
+
+    tensors = {k: v.contiguous() for k, v in components_to_ldm(tiny_sd15_model).items()}
+    tensors["model_ema.decay"] = torch.tensor(0.999)  # real files carry extra keys; they are ignored
+    save_file(tensors, str(tmp_path / "a1111.safetensors"))
+    tiny_configs = single_file.components_configs(tiny_sd15_model)
+    monkeypatch.setattr(single_file, "shipped_configs", lambda arch: tiny_configs if arch == "sd15" else None)
+    assert_same_tensors(tiny_sd15_model, load_model(tmp_path / "a1111.safetensors"))
+
+
+def test_hub_style_variant_files(tiny_sd15_model, tmp_path):
+    """Hub folders ship `*.fp16.safetensors` next to (or instead of) the fp32 files: counted once, loadable."""
+    import shutil
+
+    from tunelab.models.info import model_info
+
+    expected = {n: sum(p.numel() for p in m.parameters()) for n, m in tiny_sd15_model.named_parts().items()}
+    both = save_model(tiny_sd15_model, tmp_path / "both", format="diffusers")
+    half = save_model(tiny_sd15_model, tmp_path / "half", format="diffusers", dtype="fp16")
+    for file in half.glob("*/*.safetensors"):
+        variant_name = file.with_name(file.name.replace(".safetensors", ".fp16.safetensors"))
+        shutil.copy(file, both / file.parent.name / variant_name.name)
+        file.rename(variant_name)
+    info = model_info(both)
+    assert (info.parameters, info.dtype) == (expected, "fp32")
+    info = model_info(half)
+    assert (info.parameters, info.dtype) == (expected, "fp16")
+    loaded = load_model(half, dtype="fp16")
+    assert torch.equal(loaded.unet.conv_out.weight, tiny_sd15_model.unet.conv_out.weight.half())
+
+
 def test_missing_part_is_named(tiny_sdxl_model, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -69,6 +69,19 @@ def architecture_from_model_index(folder: Path) -> Architecture:
     raise fail(folder, f"unknown architecture: pipeline {name!r} (only SD1.5 and SDXL)")
 
 
+def safetensors_weight_files(part_folder: Path) -> tuple[list[Path], str | None]:
+    """A diffusers part's .safetensors weights (all shards) and their variant: the plain files when present,
+    else one variant's (`*.fp16.safetensors`, as hub folders ship next to or instead of fp32)."""
+    by_variant: dict[str | None, list[Path]] = {}
+    for file in sorted(part_folder.glob("*.safetensors")):
+        parts = file.name.split(".")
+        by_variant.setdefault(parts[-2] if len(parts) > 2 else None, []).append(file)
+    for variant in (None, "fp16", "bf16", *by_variant):
+        if variant in by_variant:
+            return by_variant[variant], variant
+    return [], None
+
+
 @dataclass
 class SafetensorsHeader:
     shapes: dict[str, tuple[int, ...]]

@@ -10,9 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import fail
-from tunelab.models.detect import architecture_from_model_index, detect_format, read_safetensors_header
+from tunelab.models.detect import (
+    architecture_from_model_index,
+    detect_format,
+    read_safetensors_header,
+    safetensors_weight_files,
+)
 from tunelab.models.ldm_layout import part_prefixes
-from tunelab.models.single_file import OPTIONAL_KEY_SUFFIXES, read_state_dict, validated_layout
+from tunelab.models.single_file import OPTIONAL_KEY_SUFFIXES, read_pickle_state_dict, validated_layout
 
 DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
 
@@ -44,7 +49,7 @@ def model_info(path: str | Path, *, allow_pickle: bool = False) -> ModelInfo:
 
         if not allow_pickle:
             raise fail(path, PICKLE_REFUSED)
-        state_dict, metadata = read_state_dict(path, pickle=True)
+        state_dict, metadata = read_pickle_state_dict(path), {}
         shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
         dtypes = {k: _torch_dtype_name(v.dtype) for k, v in state_dict.items()}
     else:
@@ -63,7 +68,7 @@ def _folder_info(folder: Path, allow_pickle: bool) -> ModelInfo:
     architecture = architecture_from_model_index(folder)
     parameters, part_dtypes = {}, {}
     for part in part_prefixes(architecture):
-        files = sorted((folder / part).glob("*.safetensors"))
+        files, _ = safetensors_weight_files(folder / part)
         if not files:  # pickled weights: count from the loaded modules
             from tunelab.models.io import load_model
 

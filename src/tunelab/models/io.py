@@ -20,7 +20,7 @@ import torch
 from tunelab import atomic
 from tunelab.errors import TunelabError, fail
 from tunelab.models.components import ModelComponents
-from tunelab.models.detect import architecture_from_model_index, detect_format
+from tunelab.models.detect import architecture_from_model_index, detect_format, safetensors_weight_files
 from tunelab.models.single_file import cast_floats, load_single_file, save_single_file
 
 SaveFormat = Literal["diffusers", "single-file"]
@@ -56,12 +56,17 @@ def load_diffusers_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: boo
 
     architecture = architecture_from_model_index(folder)
     parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if architecture == "sdxl" else [])
+    variants = set()
     for part in parts:
         if not (folder / part).is_dir():
             raise fail(folder, f"diffusers folder has no {part}/")
-        if not any((folder / part).glob("*.safetensors")) and not allow_pickle:
+        files, variant = safetensors_weight_files(folder / part)
+        if not files and not allow_pickle:
             raise fail(folder / part, PICKLE_REFUSED.replace("is a pickle file", "stores its weights as pickle (.bin)"))
+        variants.add(variant)
     kwargs: dict = dict(torch_dtype=dtype, local_files_only=True)
+    if len(variants) == 1 and None not in variants:  # e.g. a folder holding only *.fp16.safetensors
+        kwargs["variant"] = variants.pop()
     if architecture == "sd15":  # never load a safety checker: not part of the model we train
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline_cls = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
@@ -155,8 +160,8 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():  # renamed onto a fresh empty folder, deleted once the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:

@@ -122,13 +122,8 @@ def save_single_file(components: ModelComponents, path: str | Path, dtype: torch
 # ---- load --------------------------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: Path, pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors (and the safetensors metadata) of a single file; pickles only with `weights_only=True`."""
-    if not pickle:
-        from safetensors.torch import load_file
-
-        header = read_safetensors_header(path)
-        return load_file(str(path)), header.metadata
+def read_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .ckpt/.pt/.bin, unpickled with `weights_only=True` (no arbitrary objects, no code)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  any unpickling failure is a bad file for the user
@@ -137,7 +132,7 @@ def read_state_dict(path: Path, pickle: bool) -> tuple[dict[str, torch.Tensor], 
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict):
         raise fail(path, "not a model checkpoint (no state dict inside)")
-    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}, {}
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
 
 
 def configs_for(path, architecture: Architecture, metadata: dict[str, str]) -> tuple[dict[str, dict], bool]:
@@ -155,11 +150,15 @@ def configs_for(path, architecture: Architecture, metadata: dict[str, str]) -> t
 
 
 def load_single_file(path: Path, *, dtype: torch.dtype, pickle: bool = False) -> ModelComponents:
-    if not pickle:  # check names and shapes from the header before reading gigabytes
+    if pickle:
+        state_dict = read_pickle_state_dict(path)
+        layout = validated_layout(path, {k: tuple(v.shape) for k, v in state_dict.items()}, {})
+    else:  # names and shapes are checked from the header, before reading gigabytes
+        from safetensors.torch import load_file
+
         header = read_safetensors_header(path)
-        validated_layout(path, header.shapes, header.metadata)
-    state_dict, metadata = read_state_dict(path, pickle)
-    layout = validated_layout(path, {k: tuple(v.shape) for k, v in state_dict.items()}, metadata)
+        layout = validated_layout(path, header.shapes, header.metadata)
+        state_dict = load_file(str(path))
     return components_from_ldm(state_dict, layout.architecture, layout.configs, dtype=dtype, source=str(path), path=path)
 
 
