@@ -159,6 +159,18 @@ def test_pickle_refused_unless_allowed_then_weights_only(tiny_sd15_model, tmp_pa
         load_model(evil, allow_pickle=True)
 
 
+def test_diffusers_folder_with_pickled_weights_needs_allow_pickle(tiny_sd15_model, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = save_model(tiny_sd15_model, tmp_path / "m", format="diffusers")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(weights)), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(TunelabError, match=r"unet: stores its weights as pickle \(\.bin\).*allow-pickle"):
+        load_model(folder)
+    assert torch.equal(load_model(folder, allow_pickle=True).unet.conv_in.weight, tiny_sd15_model.unet.conv_in.weight)
+
+
 def test_foreign_file_without_metadata_is_checked_against_full_size_layout(tiny_sdxl_model, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -20,6 +20,7 @@ import torch
 from tunelab import atomic
 from tunelab.errors import TunelabError, fail
 from tunelab.models.components import ModelComponents
+from tunelab.models.config_folders import MODEL_PARTS
 from tunelab.models.detect import architecture_from_model_index, detect_format, safetensors_weight_files
 from tunelab.models.single_file import cast_floats, load_single_file, save_single_file
 
@@ -55,13 +56,13 @@ def load_diffusers_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: boo
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     architecture = architecture_from_model_index(folder)
-    parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if architecture == "sdxl" else [])
     variants = set()
-    for part in parts:
+    for part in MODEL_PARTS[architecture]:
         if not (folder / part).is_dir():
             raise fail(folder, f"diffusers folder has no {part}/")
         files, variant = safetensors_weight_files(folder / part)
         if not files and not allow_pickle:
+            # with allow_pickle, diffusers / transformers read .bin weights with torch.load(weights_only=True)
             raise fail(folder / part, PICKLE_REFUSED.replace("is a pickle file", "stores its weights as pickle (.bin)"))
         variants.add(variant)
     kwargs: dict = dict(torch_dtype=dtype, local_files_only=True)
