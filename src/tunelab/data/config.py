@@ -10,6 +10,8 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, ValidationError, model_validator
 
 from tunelab.config import StrictModel, describe_validation_error, read_toml
+from tunelab.data.cache_config import CacheConfig
+from tunelab.data.caption_config import CaptionConfig
 from tunelab.errors import fail
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".jxl")
@@ -105,6 +107,8 @@ class DataConfig(StrictModel):
     images: ImageChecks = Field(default_factory=ImageChecks)
     batch_rows: int = Field(1000, ge=1)  # rows per index transaction
     # --- caption policy (data/captions.py) goes below this line ---
+    captions: CaptionConfig = Field(default_factory=CaptionConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     def resolved(self, base_dir: Path) -> "DataConfig":
         """A copy with every relative path made absolute against `base_dir` (the TOML file's folder)."""
@@ -120,7 +124,8 @@ class DataConfig(StrictModel):
                 update["image_dir"] = absolute(s.image_dir)
             sources.append(s.model_copy(update=update))
         split = self.split.model_copy(update={"validation_folder": absolute(self.split.validation_folder)})
-        return self.model_copy(update={"index": absolute(self.index), "sources": sources, "split": split})
+        return self.model_copy(update={"index": absolute(self.index), "sources": sources, "split": split,
+                                       "captions": self.captions.resolved(base_dir), "cache": self.cache.resolved(base_dir)})
 
 
 def load_data_config(path: str | Path) -> DataConfig:
