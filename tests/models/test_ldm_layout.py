@@ -188,3 +188,10 @@ def _tiny_sd15_four_levels():
 def test_any_block_layout_converts_back_bit_identically(build):
     """Index mapping derived from the config: other layers_per_block / level counts also invert exactly."""
     _assert_converts_back_exactly(build())
+
+
+def test_torch_compiled_unet_writes_the_same_keys():
+    components = tiny_sd15()
+    plain = components_to_ldm(components)
+    components.unet = torch.compile(components.unet)  # wrapper only; nothing is compiled until a forward
+    assert list(components_to_ldm(components)) == list(plain)

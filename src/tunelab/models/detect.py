@@ -31,8 +31,11 @@ def detect_format(path: str | Path) -> Format:
         if not (path / "model_index.json").is_file():
             raise fail(path, "folder is not a diffusers model (no model_index.json)")
         return "diffusers"
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise fail(path, f"cannot read ({e.strerror})") from None
     if path.suffix.lower() in PICKLE_SUFFIXES or head.startswith(ZIP_MAGIC):
         return "pickle"
     if path.suffix.lower() == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"):

@@ -210,10 +210,15 @@ def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str, logit_sca
 def components_to_ldm(components: ModelComponents) -> dict[str, torch.Tensor]:
     """The whole model as one original-layout state dict (tensors shared with the modules, not copied)."""
     arch = components.architecture
-    sd = unet_to_ldm(components.unet.state_dict(), components.unet.config)
-    sd.update(vae_to_ldm(components.vae.state_dict(), components.vae.config))
-    sd.update(clip_l_to_ldm(components.text_encoders[0].state_dict(), CLIP_L_PREFIX[arch]))
+    sd = unet_to_ldm(_plain_state_dict(components.unet), components.unet.config)
+    sd.update(vae_to_ldm(_plain_state_dict(components.vae), components.vae.config))
+    sd.update(clip_l_to_ldm(_plain_state_dict(components.text_encoders[0]), CLIP_L_PREFIX[arch]))
     if arch == "sdxl":
         logit_scale = components.extra.get("logit_scale", DEFAULT_LOGIT_SCALE)
-        sd.update(open_clip_to_ldm(components.text_encoders[1].state_dict(), CLIP_G_PREFIX, logit_scale))
+        sd.update(open_clip_to_ldm(_plain_state_dict(components.text_encoders[1]), CLIP_G_PREFIX, logit_scale))
     return sd
+
+
+def _plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without the `_orig_mod.` level torch.compile adds."""
+    return {k.removeprefix("_orig_mod."): v for k, v in module.state_dict().items()}
