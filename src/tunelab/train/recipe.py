@@ -44,7 +44,9 @@ def make_accelerator(config: RunConfig, plan: TrainablePlan):
 
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise TunelabError("train.mixed_precision: fp16 needs a GPU; on CPU use \"bf16\" or \"no\"")
-    return Accelerator(mixed_precision=config.train.mixed_precision,
+    # cpu=True on a machine without CUDA: then accelerate also recognises `torchrun` / `accelerate launch`
+    # multi-process runs there (gloo) instead of silently training N independent single-process copies.
+    return Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
 
 
