@@ -5,10 +5,11 @@
   per-cell    one pipeline call per cell — what A1111's XYZ plot does
 
 Prints images/s for each and the ratios (targets: engine ≥ 0.95× batched, ≥ 7× per-cell), and checks that the
-engine's images equal the per-cell images (≤ 1/255). Run: .venv/bin/python bench/grid.py"""
+engine's images equal the per-cell images (≤ 1/255). Run: .venv/bin/python bench/grid.py [--device cuda]"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -68,32 +69,47 @@ def render_per_cell(models):
     return images
 
 
-def timed(fn, models, repeats: int):
-    best, images = float("inf"), None
+def measure(methods: dict, models, repeats: int) -> tuple[dict, dict]:
+    """Best images/s of each method; the methods take turns each round so a busy machine slows all of them alike."""
+    rates = {name: 0.0 for name in methods}
+    images = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        images = fn(models)
-        best = min(best, time.perf_counter() - start)
-    return len(images) / best, images
+        for name, render in methods.items():
+            start = time.perf_counter()
+            images[name] = render(models)
+            rates[name] = max(rates[name], len(images[name]) / (time.perf_counter() - start))
+    return rates, images
+
+
+def max_difference(images_a, images_b) -> int:
+    return max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) for a, b in zip(images_a, images_b))
 
 
 @torch.no_grad()
-def main(repeats: int = 3) -> None:
-    torch.set_num_threads(1)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared machines: 1)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     models = [tiny_sdxl(seed=0), tiny_sdxl(seed=1)]
+    if args.device != "cpu":
+        models = [m.to(args.device) for m in models]
     render_engine(models[:1])  # warm-up (allocator, kernels)
-    rate_engine, img_engine = timed(render_engine, models, repeats)
-    rate_batched, img_batched = timed(render_batched, models, repeats)
-    rate_cell, img_cell = timed(render_per_cell, models, max(1, repeats - 2))
-    diff = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) for a, b in zip(img_engine, img_cell))
-    diff_b = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) for a, b in zip(img_engine, img_batched))
-    print(f"24 cells (2 checkpoints x 3 prompts x 4 seeds), {STEPS} steps, {SIZE}x{SIZE}, tiny SDXL, 1 thread, best of {repeats}")
-    print(f"engine    {rate_engine:7.2f} images/s")
-    print(f"batched   {rate_batched:7.2f} images/s   (diffusers, one call per checkpoint, list of generators)")
-    print(f"per-cell  {rate_cell:7.2f} images/s   (one pipeline call per cell, A1111 style)")
-    print(f"engine / batched  = {rate_engine / rate_batched:.3f}   (target >= 0.95)")
-    print(f"engine / per-cell = {rate_engine / rate_cell:.2f}    (target >= 7)")
-    print(f"max pixel difference engine vs per-cell: {diff}/255, vs batched: {diff_b}/255")
+    methods = {"engine": render_engine, "batched": render_batched, "per-cell": render_per_cell}
+    rates, images = measure(methods, models, args.repeats)
+    where = args.device if args.device != "cpu" else f"cpu, {args.threads} thread(s)"
+    print(f"24 cells (2 checkpoints x 3 prompts x 4 seeds), {STEPS} steps, {SIZE}x{SIZE}, tiny SDXL, {where}, "
+          f"best of {args.repeats} interleaved rounds")
+    print(f"engine    {rates['engine']:7.2f} images/s")
+    print(f"batched   {rates['batched']:7.2f} images/s   (diffusers, one call per checkpoint, list of generators)")
+    print(f"per-cell  {rates['per-cell']:7.2f} images/s   (one pipeline call per cell, A1111 style)")
+    print(f"engine / batched  = {rates['engine'] / rates['batched']:.3f}   (target >= 0.95)")
+    print(f"engine / per-cell = {rates['engine'] / rates['per-cell']:.2f}    (target >= 7)")
+    print(f"batched / per-cell = {rates['batched'] / rates['per-cell']:.2f}")
+    print(f"max pixel difference, engine vs per-cell: {max_difference(images['engine'], images['per-cell'])}/255, "
+          f"vs batched: {max_difference(images['engine'], images['batched'])}/255")
 
 
 if __name__ == "__main__":

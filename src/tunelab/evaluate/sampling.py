@@ -19,6 +19,7 @@ from tqdm import tqdm
 from tunelab.evaluate.infotext import Infotext
 from tunelab.evaluate.prompt_syntax import parse_prompt
 from tunelab.evaluate.samplers import check_sampler, make_scheduler
+from tunelab.evaluate.text_kv_cache import text_kv_cache
 from tunelab.models.components import ModelComponents
 from tunelab.models.text_conditioning import chunk_token_ids, encode_prompts
 
@@ -103,7 +104,8 @@ class SamplingEngine:
         """Images in the order of `requests`."""
         images: list[Image.Image | None] = [None] * len(requests)
         batches = self.plan_batches(requests)
-        with tqdm(total=len(requests), desc="sampling", unit="img", disable=not self.progress) as bar:
+        progress = tqdm(total=len(requests), desc="sampling", unit="img", disable=not self.progress)
+        with progress as bar, text_kv_cache(self.components.unet):
             for batch in batches:
                 for i, image in zip(batch, self._render_batch([requests[i] for i in batch])):
                     images[i] = image
