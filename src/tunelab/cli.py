@@ -69,6 +69,35 @@ def info(
 
 
 @app.command()
+def sample(
+    model: Path = typer.Argument(..., help="Diffusers folder or single .safetensors file."),
+    prompt: list[str] = typer.Option([""], help="A1111 syntax; repeat for several prompts; \"\" = unconditional."),
+    negative_prompt: str = typer.Option("", help="Negative prompt (A1111 syntax)."),
+    seed: int = typer.Option(0, help="First seed; images use seed, seed+1, … (--count per prompt)."),
+    count: int = typer.Option(1, min=1, help="Images per prompt."),
+    steps: int = typer.Option(20, min=1),
+    cfg_scale: float = typer.Option(7.0),
+    sampler: str = typer.Option("Euler a", help="A1111 sampler name, e.g. Euler, DDIM, \"DPM++ 2M Karras\"."),
+    width: int = typer.Option(512),
+    height: int = typer.Option(512),
+    clip_skip: Optional[int] = typer.Option(None, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    empty_as_zeros: bool = typer.Option(False, help="Encode the empty prompt as the zero embedding."),
+    out: Path = typer.Option(Path("samples"), help="Output folder (PNG files with A1111 infotext)."),
+) -> None:
+    """Render images with one model (batched; each image is the same as rendered alone)."""
+    from tunelab.evaluate.samplers import check_sampler
+    from tunelab.evaluate.samples import sample_to_folder
+    from tunelab.evaluate.sampling import SampleRequest
+
+    base = SampleRequest(prompt="", seed=seed, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
+                         sampler=check_sampler(sampler), width=width, height=height, clip_skip=clip_skip)
+    requests = [base.with_(prompt=p, seed=seed + i) for p in prompt for i in range(count)]
+    files = sample_to_folder(model, requests, out, batch_size=batch_size, empty_prompt_as_zeros=empty_as_zeros)
+    typer.echo(f"wrote {len(files)} images to {out}")
+
+
+@app.command()
 def grid(config: Path = typer.Argument(..., help="GRID.toml: base settings and x / y / z axes.")) -> None:
     """Render an A1111-style X/Y/Z grid (axes: checkpoint, seed, prompt_sr, cfg_scale, steps, sampler, clip_skip)."""
     from tunelab.evaluate.grid import render_grid

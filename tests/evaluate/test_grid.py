@@ -64,7 +64,7 @@ def test_grid_renders_each_checkpoint_once_with_infotext(checkpoints, monkeypatc
     assert [p.name for p in grids] == ["grid_z0.png", "grid_z1.png"]
     grid = Image.open(grids[0])
     assert grid.width == 128 * 3 and grid.height > 128 * 3  # row labels + 2 columns (32 px ×4); labels on top
-    assert read_png_infotext(grids[0]).seed == 7
+    assert (read_png_infotext(grids[0]).seed, read_png_infotext(grids[0]).model_hash) == (7, model_hash(checkpoints / "base.safetensors"))
 
     info = read_png_infotext(out / "cells/z1_y1_x1.png")  # seed 8, "blue square", finetune
     assert (info.prompt, info.negative_prompt, info.seed) == ("blue square, (forest:1.2)", "lowres", 8)
@@ -99,3 +99,21 @@ def test_bad_grid_configs_fail_with_one_line(tmp_path, checkpoints, change, mess
     with pytest.raises(TunelabError, match=message) as error:
         load_grid_config(path)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_sample_command_writes_pngs_with_infotext(checkpoints, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    result = CliRunner().invoke(app, [
+        "sample", str(checkpoints / "base.safetensors"), "--prompt", "red (circle:1.2)", "--prompt", "", "--seed", "5",
+        "--count", "2", "--steps", "2", "--width", "32", "--height", "32", "--sampler", "DDIM", "--out", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert files == ["0000-5.png", "0001-6.png", "0002-5.png", "0003-6.png"]
+    info = read_png_infotext(tmp_path / "0001-6.png")
+    assert (info.prompt, info.seed, info.sampler, info.model) == ("red (circle:1.2)", 6, "DDIM", "base")
+    assert read_png_infotext(tmp_path / "0002-5.png").prompt == ""
+    assert Image.open(tmp_path / "0002-5.png").size == (32, 32)

@@ -9,7 +9,6 @@ image as alone). Written into the output folder:
 
 from __future__ import annotations
 
-import gc
 import itertools
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,8 +20,9 @@ from tunelab import __version__
 from tunelab.atomic import write_json
 from tunelab.evaluate.grid_config import AXIS_TITLES, AxisConfig, GridConfig
 from tunelab.evaluate.grid_image import labelled_grid
-from tunelab.evaluate.infotext import model_hash, save_png_with_infotext
-from tunelab.evaluate.sampling import SampleRequest, SamplingEngine
+from tunelab.evaluate.infotext import save_png_with_infotext
+from tunelab.evaluate.samples import checkpoint_name, render_checkpoint
+from tunelab.evaluate.sampling import SampleRequest
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,6 @@ class GridCell:
     @property
     def file(self) -> str:
         return f"cells/z{self.z}_y{self.y}_x{self.x}.png"
-
-
-def checkpoint_name(path: str) -> str:
-    """What A1111 shows for a checkpoint: the file name without extension (a diffusers folder: its name)."""
-    p = Path(path)
-    return p.stem if p.is_file() else p.name
 
 
 def axis_label(axis: AxisConfig, value) -> str:
@@ -80,31 +74,24 @@ def plan_cells(config: GridConfig) -> list[GridCell]:
 
 def render_grid(config: GridConfig, *, progress: bool = True) -> list[Path]:
     """Render every cell, write cells, grids and grid.json into `config.out`; return the grid image paths."""
-    from tunelab.models.io import load_model
-
     out = Path(config.out)
     cells = plan_cells(config)
     images: dict[GridCell, Image.Image] = {}
+    hashes: dict[str, str] = {}
     cell_records = []
     for checkpoint in dict.fromkeys(cell.checkpoint for cell in cells):  # each checkpoint loaded once
-        model = load_model(checkpoint, dtype=config.dtype)
-        if torch.cuda.is_available():
-            model.to("cuda")
-        name, short_hash = checkpoint_name(checkpoint), model_hash(checkpoint)
-        engine = SamplingEngine(
-            model, batch_size=config.batch_size, empty_prompt_as_zeros=config.empty_prompt_as_zeros, progress=progress
-        )
         mine = [cell for cell in cells if cell.checkpoint == checkpoint]
-        for cell, image in zip(mine, engine.render([cell.request for cell in mine])):
-            info = cell.request.infotext(model=name, model_hash=short_hash)
-            save_png_with_infotext(image, out / cell.file, info)
+        rendered = render_checkpoint(
+            checkpoint, [cell.request for cell in mine], [out / cell.file for cell in mine], dtype=config.dtype,
+            batch_size=config.batch_size, empty_prompt_as_zeros=config.empty_prompt_as_zeros, progress=progress,
+        )
+        hashes[checkpoint] = rendered.model_hash
+        for cell, image, info in zip(mine, rendered.images, rendered.infotexts):
             images[cell] = image
             cell_records.append({"file": cell.file, "x": cell.x, "y": cell.y, "z": cell.z, "checkpoint": checkpoint,
                                  "infotext": info.to_text()})
-        del model, engine
-        gc.collect()
 
-    grid_paths = write_grid_images(config, cells, images, out)
+    grid_paths = write_grid_images(config, cells, images, hashes, out)
     write_json(out / "grid.json", {
         "tunelab_version": __version__,
         "torch_version": torch.__version__,
@@ -115,7 +102,7 @@ def render_grid(config: GridConfig, *, progress: bool = True) -> list[Path]:
     return grid_paths
 
 
-def write_grid_images(config: GridConfig, cells: list[GridCell], images: dict, out: Path) -> list[Path]:
+def write_grid_images(config: GridConfig, cells: list[GridCell], images: dict, hashes: dict, out: Path) -> list[Path]:
     axes = config.axes()
     labels = {name: [axis_label(axes[name], v) for v in axes[name].values] if name in axes else None for name in "xyz"}
     paths = []
@@ -130,6 +117,7 @@ def write_grid_images(config: GridConfig, cells: list[GridCell], images: dict, o
         grid = labelled_grid(table, labels["x"], labels["y"], title)
         path = out / (f"grid_z{z}.png" if labels["z"] else "grid.png")
         first = in_grid[0]
-        save_png_with_infotext(grid, path, first.request.infotext(model=checkpoint_name(first.checkpoint)))
+        info = first.request.infotext(model=checkpoint_name(first.checkpoint), model_hash=hashes[first.checkpoint])
+        save_png_with_infotext(grid, path, info)
         paths.append(path)
     return paths
