@@ -1,0 +1,173 @@
+"""The dataset loader: bucket-aware batches from the SQLite index, deterministic from (seed, epoch).
+
+Public API (what the trainer calls):
+
+    batches = open_batches(data_config, batch_size=16, seed=0, rank=0, world_size=1, text_encoder_mode="off")
+    batches.batches_per_epoch()                   -> int (the same on every rank)
+    batches.epoch_batches(epoch, start_batch=0)   -> Iterator[dict]   (train/batches.py's BatchSource protocol)
+    batches.has_text_embeddings                   -> bool (batches carry cached prompt_embeds)
+    batches.close()
+
+    # or, without keeping an object:
+    train_batches(index, data_config, *, epoch, seed, batch_size, rank=0, world_size=1, start_batch=0,
+                  latent_cache=None, text_cache=None) -> Iterator[dict]
+    batches_per_epoch(index, *, batch_size, world_size=1) -> int
+
+A batch is the brief's batch contract: "latents" [B, 4, h, w] unscaled (from the latent cache) or "pixel_values"
+[B, 3, H, W] in [-1, 1] (decoded, resized and cropped per the bucket), "captions" (processed by the caption policy
+of the item's subset; "" = dropped), optionally "prompt_embeds" / "pooled_prompt_embeds" (text cache),
+"original_size" / "crop_top_left" / "target_size" LongTensor [B, 2] as (h, w), "item_ids".
+
+How an epoch is planned (from item ids only; no item row or image is read for planning):
+- every bucket's items, each repeated by its subset's `repeats`, are shuffled and cut into *global* batches of
+  batch_size × world_size items (a bucket's incomplete remainder sits out this epoch; another one next epoch);
+- the global batches of all buckets are shuffled together; rank r takes slice r of every global batch, so the
+  ranks see distinct items, the same number of batches, and global batch b holds the same items for any
+  world size with the same global batch;
+- `start_batch=k` starts at global batch k: the skipped batches' rows and images are never read (resume).
+Everything random (order, caption shuffle / dropout) is a function of (seed, epoch, item, occurrence)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from tunelab.data.cache import LatentCache, TextCache, text_cache_refusal_reason
+from tunelab.data.captions import SubsetPolicies
+from tunelab.data.config import DataConfig
+from tunelab.data.index import OK, TRAIN, DatasetIndex, IndexItem
+from tunelab.data.pixels import item_pixels, size_conditioning
+from tunelab.errors import TunelabError
+
+Bucket = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class BucketItems:
+    """One bucket's item ids and how many times each appears per epoch (its subset's repeats)."""
+
+    ids: np.ndarray  # int64, id order
+    repeats: np.ndarray  # int64, ≥ 1
+
+
+def read_bucket_items(index: DatasetIndex, split: str = TRAIN) -> dict[Bucket, BucketItems]:
+    """Ids + repeats per bucket, straight from the covering index (a million items: a few MB)."""
+    repeats_of = {sid: s.repeats for sid, s in index.subsets().items()}
+    out = {}
+    for bucket in index.bucket_counts(split):
+        rows = index.db.execute(
+            "SELECT id, subset_id FROM items WHERE status = ? AND split = ? AND bucket_width = ? AND bucket_height = ? "
+            "ORDER BY id", (OK, split, *bucket)).fetchall()  # fmt: skip
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        repeats = np.fromiter((max(1, repeats_of.get(r[1], 1)) for r in rows), dtype=np.int64, count=len(rows))
+        out[bucket] = BucketItems(ids, repeats)
+    return out
+
+
+def plan_epoch(buckets: dict[Bucket, BucketItems], *, seed: int, epoch: int, global_batch: int) -> np.ndarray:
+    """[n_batches, global_batch, 2] of (item_id, occurrence): the epoch's global batches in training order."""
+    rng = np.random.default_rng([seed, epoch])
+    planned = []
+    for bucket in sorted(buckets):
+        entry = buckets[bucket]
+        ids = np.repeat(entry.ids, entry.repeats)
+        starts = np.repeat(np.cumsum(entry.repeats) - entry.repeats, entry.repeats)
+        occurrence = np.arange(len(ids)) - starts  # 0..repeats-1 for each item's appearances
+        n = len(ids) // global_batch
+        take = rng.permutation(len(ids))[: n * global_batch].reshape(n, global_batch)
+        planned.append(np.stack([ids[take], occurrence[take]], axis=-1))
+    if not planned:
+        return np.zeros((0, global_batch, 2), dtype=np.int64)
+    batches = np.concatenate(planned)
+    return batches[rng.permutation(len(batches))]
+
+
+def count_batches(buckets: dict[Bucket, BucketItems], global_batch: int) -> int:
+    return sum(int(b.repeats.sum()) // global_batch for b in buckets.values())
+
+
+class DatasetBatches:
+    """This process's batches of the dataset (see the module docstring). Reads item ids once at construction."""
+
+    def __init__(self, index: DatasetIndex, data_config: DataConfig, *, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, split: str = TRAIN, latent_cache: LatentCache | None = None,
+                 text_cache: TextCache | None = None, workers: int = 0):  # fmt: skip
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.index, self.batch_size, self.seed, self.rank, self.world_size = index, batch_size, seed, rank, world_size
+        self.latent_cache, self.text_cache = latent_cache, text_cache
+        self.policies = SubsetPolicies.for_index(data_config.captions, index)
+        self.buckets = read_bucket_items(index, split)
+        self.global_batch = batch_size * world_size
+        self.pool = ThreadPoolExecutor(workers) if workers > 0 else None  # image decoding releases the GIL
+
+    @property
+    def has_text_embeddings(self) -> bool:
+        return self.text_cache is not None
+
+    def batches_per_epoch(self) -> int:
+        return count_batches(self.buckets, self.global_batch)
+
+    def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
+        plan = plan_epoch(self.buckets, seed=self.seed, epoch=epoch, global_batch=self.global_batch)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        for global_batch in plan[start_batch:]:
+            ids, occurrences = global_batch[mine, 0].tolist(), global_batch[mine, 1].tolist()
+            yield self.make_batch(ids, occurrences, epoch)
+
+    def make_batch(self, ids: list[int], occurrences: list[int], epoch: int) -> dict:
+        items = self.index.get_many(ids)
+        captions = [self.policies.prompt(it, seed=self.seed, epoch=epoch, occurrence=o) for it, o in zip(items, occurrences)]
+        batch: dict = {"item_ids": ids, "captions": captions, **size_conditioning(items)}
+        if self.latent_cache is not None:
+            batch["latents"] = self.latent_cache.latents(items)
+        else:
+            batch["pixel_values"] = torch.stack(self._pixels(items))
+        if self.text_cache is not None:
+            batch.update(self.text_cache.embeddings(items, captions))
+        return batch
+
+    def _pixels(self, items: list[IndexItem]) -> list[torch.Tensor]:
+        return list(self.pool.map(item_pixels, items)) if self.pool else [item_pixels(it) for it in items]
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown()
+        for cache in (self.latent_cache, self.text_cache):
+            if cache is not None:
+                cache.close()
+        self.index.close()
+
+
+def open_batches(data_config: DataConfig, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 text_encoder_mode: str = "off", split: str = TRAIN, workers: int = 0) -> DatasetBatches:  # fmt: skip
+    """Open the index and the caches `[data.cache]` asks for. A text cache that would be wrong (random captions,
+    trained text encoders) is refused with the reason; a latent cache must have been built (`tunelab cache`)."""
+    index = DatasetIndex.open_existing(data_config.index)
+    latent_cache = LatentCache.for_config(data_config.cache) if data_config.cache.latents else None
+    text_cache = None
+    if data_config.cache.text_embeddings:
+        configs = SubsetPolicies.for_index(data_config.captions, index).configs()
+        reason = text_cache_refusal_reason(data_config.captions, text_encoder_mode, configs)
+        if reason:
+            raise TunelabError(f"[data.cache] text_embeddings refused: {reason}")
+        text_cache = TextCache.for_config(data_config.cache)
+    return DatasetBatches(index, data_config, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                          split=split, latent_cache=latent_cache, text_cache=text_cache, workers=workers)  # fmt: skip
+
+
+def train_batches(index: DatasetIndex, data_config: DataConfig, *, epoch: int, seed: int, batch_size: int,
+                  rank: int = 0, world_size: int = 1, start_batch: int = 0, latent_cache: LatentCache | None = None,
+                  text_cache: TextCache | None = None) -> Iterator[dict]:  # fmt: skip
+    """One epoch of this rank's training batches, from global batch `start_batch` on."""
+    source = DatasetBatches(index, data_config, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                            latent_cache=latent_cache, text_cache=text_cache)  # fmt: skip
+    yield from source.epoch_batches(epoch, start_batch)
+
+
+def batches_per_epoch(index: DatasetIndex, *, batch_size: int, world_size: int = 1) -> int:
+    return count_batches(read_bucket_items(index), batch_size * world_size)
