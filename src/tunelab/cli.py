@@ -142,6 +142,21 @@ def prepare(
     typer.echo(f"skip report: {report_paths(data_config.index)[1]}")
 
 
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="Run config TOML ([model] = the base, [validation], optional [data])."),
+    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="Checkpoint folder or model; repeat for several."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON results (default: <train.output_dir>/validation.json)."),
+    no_base: bool = typer.Option(False, "--no-base", help="Leave out the base model's row."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Deterministic validation loss per timestep band (held-out, retention, folder sets) of each checkpoint."""
+    from tunelab.validate.run import format_table, validate_checkpoints
+
+    results = validate_checkpoints(config, checkpoint, output=out, include_base=not no_base, progress=not quiet)
+    typer.echo(format_table(results))
+
+
 def main() -> None:
     try:
         app()

@@ -39,16 +39,6 @@ def files_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def weights_fingerprint(components: ModelComponents) -> str:
-    """sha256 over the weights in memory (for a model that has no file, e.g. one built in a test)."""
-    digest = hashlib.sha256()
-    for part, module in components.named_parts().items():
-        for name, tensor in module.state_dict().items():
-            digest.update(f"{part}.{name}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def image_seed(seed: int, prompt: str, sample: int) -> int:
     """Each image's seed depends on its own prompt and sample index only: adding a prompt leaves the others' images."""
     digest = hashlib.sha256(f"{seed}\0{prompt}\0{sample}".encode("utf-8")).digest()

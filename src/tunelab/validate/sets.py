@@ -5,18 +5,20 @@ the same draws in every run, whatever else is in the set. Latents are encoded on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from tunelab.data.buckets import Placement, place_in_bucket
+from tunelab.data.buckets import place_in_bucket
+from tunelab.data.captions import CaptionPolicy
 from tunelab.data.config import DataConfig, FolderSource
 from tunelab.data.images import load_rgb
 from tunelab.data.index import VALIDATION, DatasetIndex, IndexItem
+from tunelab.data.pixels import item_pixels
 from tunelab.data.sources import iter_folder
 from tunelab.errors import fail
 from tunelab.models.components import ModelComponents
@@ -44,14 +46,6 @@ def native_size(components: ModelComponents) -> int:
     return int(components.unet.config.sample_size) * factor
 
 
-def placed_pixels(image: Image.Image, placement: Placement) -> torch.Tensor:
-    """The training view of an image: resized to cover its bucket, cropped → [3, H, W] in [-1, 1]."""
-    image = image.resize((placement.resize_width, placement.resize_height), resample=3)  # bicubic
-    left, top = placement.crop_left, placement.crop_top
-    image = image.crop((left, top, left + placement.bucket_width, top + placement.bucket_height))
-    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-
-
 @torch.no_grad()
 def encode_one(vae, pixels: torch.Tensor) -> torch.Tensor:
     """Unscaled latents (posterior mean) of one image."""
@@ -59,9 +53,12 @@ def encode_one(vae, pixels: torch.Tensor) -> torch.Tensor:
     return vae.encode(pixels).latent_dist.mean[0].float().cpu()
 
 
-def item_caption(item: IndexItem) -> str:
-    """Caption and tags as sd-scripts joins them; no shuffling or dropout: validation must not vary."""
-    return ", ".join(text for text in (item.caption, item.tags) if text)
+def validation_captions(data: DataConfig) -> CaptionPolicy:
+    """The run's caption policy without its randomness (no shuffle, tag or caption dropout, wildcards fixed):
+    a held-out item always gets the same prompt, the one training would give it when nothing is dropped."""
+    fixed = data.captions.model_copy(update={"shuffle_caption": False, "caption_tag_dropout_rate": 0.0,
+                                             "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0})
+    return CaptionPolicy.from_config(fixed)
 
 
 def held_out_set(components: ModelComponents, data: DataConfig, max_items: int | None, progress: bool = True) -> ValidationSet:
@@ -70,19 +67,15 @@ def held_out_set(components: ModelComponents, data: DataConfig, max_items: int |
     if not index_path.exists():
         raise fail(index_path, "dataset index not found (run `tunelab prepare` first)")
     with DatasetIndex.open_existing(index_path) as index:
-        rows = []
-        for row in index.iter_items(split=VALIDATION):
-            rows.append(row)
-            if max_items is not None and len(rows) >= max_items:
-                break
+        rows = list(itertools.islice(index.iter_items(split=VALIDATION), max_items))
+    policy = validation_captions(data)
     items = []
     for row in tqdm(rows, desc="held-out latents", unit="img", disable=not progress or not rows):
-        placement = Placement(row.bucket_width, row.bucket_height, row.resize_width, row.resize_height,
-                              row.crop_left, row.crop_top)
         items.append(ValidationItem(key=f"held_out:{row.content_hash or row.path}",
-                                    latents=encode_one(components.vae, placed_pixels(load_rgb(row.path), placement)),
-                                    caption=item_caption(row), original_size=row.original_size_hw,
-                                    crop_top_left=row.crop_top_left, target_size=row.target_size_hw))
+                                    latents=encode_one(components.vae, item_pixels(row)),
+                                    caption=policy(row, random.Random(f"validation:{row.path}")),
+                                    original_size=row.original_size_hw, crop_top_left=row.crop_top_left,
+                                    target_size=row.target_size_hw))
     return ValidationSet("held_out", items)
 
 
@@ -91,12 +84,15 @@ def folder_set(components: ModelComponents, folder: Path, size: int, progress: b
     items = []
     candidates = list(iter_folder(FolderSource(type="folder", path=folder)))
     for candidate in tqdm(candidates, desc="folder latents", unit="img", disable=not progress):
-        image = load_rgb(candidate.path)
-        placement = place_in_bucket(image.width, image.height, (size, size))
-        caption = ", ".join(t for t in (candidate.text.caption, candidate.text.tags) if t)
+        width, height = load_rgb(candidate.path).size
+        placement = place_in_bucket(width, height, (size, size))
+        # the loader's resize + crop, through an index row describing this placement
+        row = IndexItem(path=str(candidate.path), width=width, height=height, tags=candidate.text.tags,
+                        caption=candidate.text.caption, **asdict(placement))
+        caption = ", ".join(t for t in (candidate.text.tags, candidate.text.caption) if t)
         items.append(ValidationItem(key=f"folder:{candidate.path.relative_to(folder).as_posix()}",
-                                    latents=encode_one(components.vae, placed_pixels(image, placement)),
-                                    caption=caption, original_size=(image.height, image.width),
+                                    latents=encode_one(components.vae, item_pixels(row)),
+                                    caption=caption, original_size=(height, width),
                                     crop_top_left=(placement.crop_top, placement.crop_left), target_size=(size, size)))
     if not items:
         raise fail(folder, "validation folder has no images")

@@ -3,6 +3,8 @@
     validator = Validator(run_config, components, writer=summary_writer)
     if validator.due(step):
         validator(components, step)   # → {"val/held_out/mean": ..., "val/held_out/band_0": ..., ...}
+
+The training loop calls `validator.run(components, step, logger)` (a `TrainLogger`) instead of passing a writer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from tunelab.models.components import ModelComponents
 from tunelab.train.config import RunConfig
 from tunelab.validate.config import ValidationConfig
 from tunelab.validate.loss import band_losses
-from tunelab.validate.retention import files_fingerprint, retention_set, weights_fingerprint
+from tunelab.data.cache import weights_fingerprint
+from tunelab.validate.retention import files_fingerprint, retention_set
 from tunelab.validate.sets import ValidationSet, folder_set, held_out_set, native_size
 
 
@@ -30,7 +33,7 @@ def base_identity(run_config: RunConfig, base: ModelComponents | None) -> tuple[
         return files_fingerprint(path), (lambda: base if base is not None else load_model(path))
     if base is None:
         raise ValueError(f"{path}: base model not found and no base components given for the retention set")
-    return weights_fingerprint(base), lambda: base
+    return weights_fingerprint(*base.named_parts().values()), lambda: base
 
 
 def build_sets(run_config: RunConfig, components: ModelComponents, *, base: ModelComponents | None = None,
@@ -94,4 +97,11 @@ class Validator:
         if self.writer is not None and step is not None:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
+        return scalars
+
+    def run(self, components: ModelComponents, step: int, logger) -> dict[str, float]:
+        """The training loop's hook: validate and log every scalar through `logger.scalar(tag, value, step)`."""
+        scalars = self(components)
+        for tag, value in scalars.items():
+            logger.scalar(tag, value, step)
         return scalars
