@@ -22,6 +22,13 @@ def tiny_items(count: int = 16, seed: int = 0) -> dict:
     return {"latents": torch.randn(count, 4, 8, 8, generator=g), "captions": captions}
 
 
+def small_sdxl():
+    """The tiny SDXL made smaller still (UNet 0.47M parameters): tests train it many times on 2 busy cores."""
+    from tunelab.models.tiny import tiny_sdxl
+
+    return tiny_sdxl(block_out_channels=(16, 32, 32), layers_per_block=1, te_layers=2)
+
+
 def kill_self_when(checkpoint: Path) -> None:
     """SIGKILL this process as soon as `checkpoint` exists: an abrupt death in the middle of later steps."""
     def watch():
@@ -42,7 +49,6 @@ def main() -> None:
     torch.set_num_threads(1)
     from accelerate import PartialState
 
-    from tunelab.models.tiny import tiny_sdxl
     from tunelab.train.batches import InMemoryBatches
     from tunelab.train.checkpoint import checkpoint_dir
     from tunelab.train.config import RunConfig
@@ -54,7 +60,7 @@ def main() -> None:
     state = PartialState(cpu=not torch.cuda.is_available())
     batches = InMemoryBatches(tiny_items(args.items), batch_size=config.train.batch_size, seed=config.train.seed,
                               rank=state.process_index, world_size=state.num_processes)
-    run_training(config, components=tiny_sdxl(), batches=batches, resume=args.resume)
+    run_training(config, components=small_sdxl(), batches=batches, resume=args.resume)
 
 
 if __name__ == "__main__":
