@@ -157,6 +157,24 @@ def validate(
     typer.echo(format_table(results))
 
 
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Run config TOML: [model] [data] [train] [text_encoder] [unet] [loss] ..."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print trainable parameters per block and the total %; train nothing."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' in the run's output folder."),
+) -> None:
+    """Fine-tune a model: text encoders off / on / only, all or part of the UNet, exact resume, accelerate launch."""
+    from tunelab.train.config import load_run_config
+    from tunelab.train.recipe import dry_run as trainable_report
+    from tunelab.train.recipe import run_training
+
+    run_config = load_run_config(config)
+    if dry_run:
+        typer.echo(trainable_report(run_config))
+        return
+    run_training(run_config, resume=resume)
+
+
 def main() -> None:
     try:
         app()
