@@ -41,7 +41,7 @@ class TrainingRun:
     logger: TrainLogger
     ema: object | None = None  # diffusers EMAModel over the UNet's trained parameters
     samples: object | None = None  # recipe.SampleRenderer
-    validation: object | None = None  # tunelab.validate hook: .due(step) -> bool, .run(components, step, logger)
+    validation: object | None = None  # tunelab.validate.validator.Validator (main process only)
     offloaded: OffloadedModules | None = None  # frozen text encoders kept out of memory (cached embeddings)
 
 
@@ -106,7 +106,7 @@ def train(run: TrainingRun) -> Progress:
         if run.samples is not None and run.samples.due(progress.step):
             run.samples.render(run.components, progress.step, run.logger)
         # Validation (tunelab.validate): at its own cadence and at every checkpoint.
-        if run.validation is not None and (saved or run.validation.due(progress.step)):
+        if run.validation is not None and run.validation.due(progress.step, checkpoint=saved):
             run.validation.run(run.components, progress.step, run.logger)
     bar.close()
     run.logger.close()

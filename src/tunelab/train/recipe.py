@@ -75,6 +75,7 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
                 part.module.gradient_checkpointing_enable()
     for module in components.named_parts().values():
         module.to(accelerator.device)
+    validation = make_validator(config, components, accelerator, resuming=resume is not None)
     offloaded = None
     if frozen_text_encoders_unneeded(config, batches):
         offloaded = OffloadedModules({f"text_encoder_{i}": m for i, m in enumerate(components.text_encoders)},
@@ -105,7 +106,19 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
         if config.logging.sample_every_n_steps and config.logging.sample_prompts else None
     return TrainingRun(config, accelerator, components, plan, unet, text_encoders, optimizer, lr_scheduler,
                        training_scheduler(components.scheduler, config.loss), batches, steps, progress, logger,
-                       ema=ema, samples=samples, validation=None, offloaded=offloaded)
+                       ema=ema, samples=samples, validation=validation, offloaded=offloaded)
+
+
+def make_validator(config: RunConfig, components: ModelComponents, accelerator, *, resuming: bool):
+    """The validation stage's hook (main process only), built before any step so the retention set comes from
+    the base weights (on resume, from `[model] path`)."""
+    if config.validation is None or not config.validation.enabled or not accelerator.is_main_process:
+        return None
+    from tunelab.validate.validator import Validator
+
+    # Not resuming: `components` are still the base weights. Resuming: the Validator loads `[model] path`.
+    return Validator(config, components, base=None if resuming else components,
+                     progress=config.logging.progress_bar)
 
 
 def write_run_record(config: RunConfig, path: Path) -> None:
@@ -129,7 +142,7 @@ def run_training(config: RunConfig, *, components: ModelComponents | None = None
                  batches: BatchSource | None = None, resume: str | Path | None = None) -> TrainingRun:
     components = components or load_components(config)
     if batches is None:
-        batches = data_batches(config, components)
+        batches = data_batches(config)
     run = build_run(config, components, batches, resume)
     if run.accelerator.is_main_process:
         write_run_record(config, Path(config.train.output_dir) / "run.json")
@@ -138,6 +151,16 @@ def run_training(config: RunConfig, *, components: ModelComponents | None = None
     return run
 
 
-def data_batches(config: RunConfig, components: ModelComponents) -> BatchSource:
-    raise TunelabError("data: the dataset loader (tunelab.data.loader) is not available yet")
+def data_batches(config: RunConfig) -> BatchSource:
+    """This process's share of the dataset (`[data]`), through the dataset loader."""
+    from accelerate import PartialState
+
+    from tunelab.data.loader import open_batches
+
+    if config.data is None:
+        raise TunelabError("the run config has no [data] table")
+    state = PartialState(cpu=not torch.cuda.is_available())  # the same process group the Accelerator will use
+    return open_batches(config.data, batch_size=config.train.batch_size, seed=config.train.seed,
+                        rank=state.process_index, world_size=state.num_processes,
+                        text_encoder_mode=config.text_encoder.mode)
 
