@@ -58,9 +58,9 @@ def _build(folder):
     write_image(folder / "missing_caption.png", 64, 48)
 
 
-def _prepare(tmp_path, images_table="min_side = 8"):
+def _prepare(tmp_path, images_table="min_side = 8", workers=1):
     (tmp_path / "run.toml").write_text(
-        f'[data]\nindex = "out/index.sqlite"\nsources = [{{type = "folder", path = "bad"}}]\n'
+        f'[data]\nindex = "out/index.sqlite"\nworkers = {workers}\nsources = [{{type = "folder", path = "bad"}}]\n'
         f'buckets = {{resolution = 32, step = 8, min_side = 16, max_side = 64}}\nimages = {{{images_table}}}\n'
     )
     result = CliRunner().invoke(app, ["prepare", str(tmp_path / "run.toml"), "--quiet"])
@@ -114,3 +114,12 @@ def test_image_checks_are_configurable(tmp_path, images_table, name, reason):
     assert rows[name].skip_reason == reason
     if reason is None:
         assert rows[name].status == "ok" and "animated_first_frame" in rows[name].note
+
+
+def test_a_process_pool_gives_the_same_rows(tmp_path):
+    _build(tmp_path / "bad")
+    serial, config = _prepare(tmp_path)
+    config.index.unlink()
+    pooled, _ = _prepare(tmp_path, workers=2)
+    facts = lambda rows: {n: (r.status, r.skip_reason, r.content_hash, r.width, r.note) for n, r in rows.items()}  # noqa: E731
+    assert facts(pooled) == facts(serial)

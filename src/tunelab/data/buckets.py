@@ -29,11 +29,11 @@ class Placement:
 
 def make_buckets(config: BucketConfig) -> tuple[tuple[int, int], ...]:
     """All (width, height) buckets for `config`, sorted by aspect ratio (w/h)."""
-    return _make_buckets(config.resolution, config.step, config.min_side, config.max_side, config.max_aspect)
+    return _bucket_table(config.resolution, config.step, config.min_side, config.max_side, config.max_aspect)[0]
 
 
 @lru_cache(maxsize=16)
-def _make_buckets(resolution: int, step: int, min_side: int, max_side: int, max_aspect: float) -> tuple[tuple[int, int], ...]:
+def _bucket_table(resolution: int, step: int, min_side: int, max_side: int, max_aspect: float):
     area = resolution * resolution
     buckets = {(resolution, resolution)}
     for width in range(min_side, max_side + 1, step):
@@ -42,21 +42,21 @@ def _make_buckets(resolution: int, step: int, min_side: int, max_side: int, max_
             continue
         buckets.add((width, height))
         buckets.add((height, width))
-    return tuple(sorted(buckets, key=lambda wh: (wh[0] / wh[1], wh[0])))
+    ordered = tuple(sorted(buckets, key=lambda wh: (wh[0] / wh[1], wh[0])))
+    return ordered, _boundaries(ordered)
 
 
 @lru_cache(maxsize=16)
-def _log_ratios(buckets: tuple[tuple[int, int], ...]) -> tuple[float, ...]:
-    return tuple(math.log(w / h) for w, h in buckets)
+def _boundaries(buckets: tuple[tuple[int, int], ...]) -> tuple[float, ...]:
+    """Aspect ratios halfway (geometrically, i.e. in log space) between neighbouring buckets."""
+    ratios = [w / h for w, h in buckets]
+    return tuple(math.sqrt(a * b) for a, b in zip(ratios, ratios[1:]))
 
 
 def nearest_bucket(width: int, height: int, buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
-    """The bucket whose aspect ratio is closest to the image's, in log space (`buckets` sorted by ratio)."""
-    ratios = _log_ratios(buckets)
-    target = math.log(width / height)
-    at = bisect.bisect_left(ratios, target)
-    neighbours = [i for i in (at - 1, at) if 0 <= i < len(buckets)]
-    return buckets[min(neighbours, key=lambda i: abs(ratios[i] - target))]
+    """The bucket whose aspect ratio is closest to the image's in log space, so 2:1 and 1:2 are equally far
+    from 1:1 (`buckets` sorted by ratio, as `make_buckets` returns them)."""
+    return buckets[bisect.bisect_left(_boundaries(buckets), width / height)]
 
 
 def place_in_bucket(width: int, height: int, bucket: tuple[int, int]) -> Placement:
@@ -66,17 +66,14 @@ def place_in_bucket(width: int, height: int, bucket: tuple[int, int]) -> Placeme
     resize_width = max(bucket_width, round(width * scale))
     resize_height = max(bucket_height, round(height * scale))
     return Placement(
-        bucket_width=bucket_width,
-        bucket_height=bucket_height,
-        resize_width=resize_width,
-        resize_height=resize_height,
-        crop_left=(resize_width - bucket_width) // 2,
-        crop_top=(resize_height - bucket_height) // 2,
-    )
+        bucket_width, bucket_height, resize_width, resize_height,
+        crop_left=(resize_width - bucket_width) // 2, crop_top=(resize_height - bucket_height) // 2,
+    )  # fmt: skip
 
 
 def assign_bucket(width: int, height: int, config: BucketConfig) -> Placement:
     """Bucket + resize + crop for an image of this size; with buckets disabled, everything is resolution²."""
     if not config.enabled:
         return place_in_bucket(width, height, (config.resolution, config.resolution))
-    return place_in_bucket(width, height, nearest_bucket(width, height, make_buckets(config)))
+    buckets, boundaries = _bucket_table(config.resolution, config.step, config.min_side, config.max_side, config.max_aspect)
+    return place_in_bucket(width, height, buckets[bisect.bisect_left(boundaries, width / height)])

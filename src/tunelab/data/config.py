@@ -106,6 +106,7 @@ class DataConfig(StrictModel):
     buckets: BucketConfig = Field(default_factory=BucketConfig)
     images: ImageChecks = Field(default_factory=ImageChecks)
     batch_rows: int = Field(1000, ge=1)  # rows per index transaction
+    workers: int = Field(1, ge=0)  # processes decoding images at prepare time; 0 = one per CPU core
     # --- caption policy (data/captions.py) goes below this line ---
     captions: CaptionConfig = Field(default_factory=CaptionConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

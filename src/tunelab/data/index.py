@@ -10,6 +10,7 @@ Item ids are stable: re-running `prepare` keeps the id of every path it has seen
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -53,7 +54,6 @@ CREATE TABLE IF NOT EXISTS items (
     seen_run INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_bucket ON items (status, split, bucket_width, bucket_height, id);
-CREATE INDEX IF NOT EXISTS items_by_reason ON items (status, skip_reason);
 """
 
 
@@ -127,11 +127,15 @@ def _row_to_item(row: tuple) -> IndexItem:
     return IndexItem(*row)
 
 
+_write_values = operator.attrgetter(*_WRITE_COLUMNS)
+_CATEGORIES_WRITE_AT = _WRITE_COLUMNS.index("tag_categories")
+
+
 def _item_to_row(item: IndexItem, seen_run: int) -> tuple:
-    values = [getattr(item, c) for c in _WRITE_COLUMNS]
-    at = _WRITE_COLUMNS.index("tag_categories")
-    if values[at] is not None:
-        values[at] = json.dumps(values[at], ensure_ascii=False)
+    values = _write_values(item)
+    if item.tag_categories is not None:
+        at = _CATEGORIES_WRITE_AT
+        values = values[:at] + (json.dumps(item.tag_categories, ensure_ascii=False),) + values[at + 1 :]
     return (*values, seen_run)
 
 
@@ -277,7 +281,10 @@ class DatasetIndex:
         `split=None` / `status=None` mean any."""
         where, params = self._where(split, bucket, status)
         joiner = " AND " if where else " WHERE "
-        sql = _SELECT + where + joiner + "id > ? ORDER BY id LIMIT ?"
+        # Per bucket, the (status, split, bucket, id) index seeks straight to the page. Without a bucket, walk the
+        # table in id order and filter: the index would make SQLite sort all matches again for every page.
+        table = " FROM items" if bucket is not None else " FROM items NOT INDEXED"
+        sql = _SELECT.replace(" FROM items", table) + where + joiner + "id > ? ORDER BY id LIMIT ?"
         last = after_id
         while True:
             rows = self.db.execute(sql, (*params, last, chunk_rows)).fetchall()

@@ -7,9 +7,13 @@ item is written with `status = "skipped"` and a reason, and listed in the report
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,7 +23,7 @@ from tqdm import tqdm
 from tunelab.atomic import atomic_path, write_json
 from tunelab.data.buckets import assign_bucket
 from tunelab.data.config import DataConfig, FolderSource, SplitConfig
-from tunelab.data.images import ImageSkip, inspect_image
+from tunelab.data.images import ImageFacts, ImageSkip, inspect_image
 from tunelab.data.index import OK, SKIPPED, TRAIN, VALIDATION, DatasetIndex, IndexItem
 from tunelab.data.sources import Candidate, SubsetSpec, iter_candidates
 
@@ -51,10 +55,10 @@ class PrepareStats:
         )
 
 
-def split_of(path: Path, content_hash: str, config: SplitConfig) -> str:
+def split_of(path: str | Path, content_hash: str, config: SplitConfig) -> str:
     """Validation if under the validation folder, or if the salted content hash falls below the fraction.
     By content (not path or order): the same image is held out on every machine, and duplicates never straddle."""
-    if config.validation_folder is not None and path.is_relative_to(config.validation_folder):
+    if config.validation_folder is not None and Path(path).is_relative_to(config.validation_folder):
         return VALIDATION
     if config.validation_fraction > 0:
         digest = hashlib.blake2b(f"{config.salt}:{content_hash}".encode(), digest_size=8).digest()
@@ -69,14 +73,33 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-class _ItemBuilder:
-    """Turns one candidate (and its previous row, if any) into the row to write; counts what it did."""
+@dataclass(frozen=True, slots=True)
+class _NeedsRead:
+    """A candidate whose image must be read; `base` holds the row fields known without reading it."""
 
-    def __init__(self, config: DataConfig, stats: PrepareStats, subset_ids: dict[str, int], reuse_images: bool):
-        self.config, self.stats, self.subset_ids, self.reuse_images = config, stats, subset_ids, reuse_images
+    candidate: Candidate
+    base: dict
+
+
+class _ItemBuilder:
+    """Turns candidates (and their previous rows) into the rows to write; reads only the images that changed,
+    in a process pool when `workers` > 1; counts what it did."""
+
+    def __init__(self, config: DataConfig, stats: PrepareStats, reuse_images: bool, pool: Executor | None):
+        self.config, self.stats, self.reuse_images, self.pool = config, stats, reuse_images, pool
+        self.subset_ids: dict[str, int] = {}
         self.notes: Counter[str] = Counter()
 
-    def build(self, candidate: Candidate, previous: IndexItem | None) -> IndexItem:
+    def build_batch(self, batch: list[Candidate], previous: dict[str, IndexItem]) -> list[IndexItem]:
+        planned = [self._plan(c, previous.get(str(c.path))) for c in batch]
+        to_read = [p for p in planned if isinstance(p, _NeedsRead)]
+        paths = [p.candidate.path for p in to_read]
+        check = partial(inspect_image, checks=self.config.images)
+        facts = iter(self.pool.map(check, paths, chunksize=4) if self.pool else map(check, paths))
+        self.stats.images_read += len(to_read)
+        return [self._finish(p, next(facts)) if isinstance(p, _NeedsRead) else p for p in planned]
+
+    def _plan(self, candidate: Candidate, previous: IndexItem | None) -> IndexItem | _NeedsRead:
         self.stats.items += 1
         base = dict(path=str(candidate.path), subset_id=self.subset_ids[candidate.subset.name], tags=candidate.text.tags,
                     caption=candidate.text.caption, tag_categories=candidate.text.tag_categories)  # fmt: skip
@@ -91,23 +114,23 @@ class _ItemBuilder:
             return IndexItem(**base, status=SKIPPED, skip_reason=candidate.text.skip_reason)
         if self.config.images.require_caption and not (candidate.text.tags or candidate.text.caption):
             return IndexItem(**base, status=SKIPPED, skip_reason="no_caption")
+        if not self._unchanged(previous, stat):
+            return _NeedsRead(candidate, base)
+        self.stats.unchanged += 1
+        if previous.status == SKIPPED:
+            return IndexItem(**base, content_hash=previous.content_hash, status=SKIPPED,
+                             skip_reason=previous.skip_reason, note=previous.note)  # fmt: skip
+        image_notes = tuple(n for n in (previous.note or "").split("; ") if n and n not in TEXT_NOTES)
+        return self._accept(candidate, base, previous.width, previous.height, previous.content_hash, image_notes)
 
-        if self._unchanged(previous, stat):
-            self.stats.unchanged += 1
-            if previous.status == SKIPPED:
-                return IndexItem(**base, content_hash=previous.content_hash, status=SKIPPED,
-                                 skip_reason=previous.skip_reason, note=previous.note)  # fmt: skip
-            width, height, content_hash = previous.width, previous.height, previous.content_hash
-            image_notes = tuple(n for n in (previous.note or "").split("; ") if n and n not in TEXT_NOTES)
-        else:
-            self.stats.images_read += 1
-            facts = inspect_image(candidate.path, self.config.images)
-            if isinstance(facts, ImageSkip):
-                return IndexItem(**base, content_hash=facts.content_hash, status=SKIPPED, skip_reason=facts.reason,
-                                 note=facts.detail or None)  # fmt: skip
-            width, height, content_hash, image_notes = facts.width, facts.height, facts.content_hash, facts.notes
+    def _finish(self, planned: _NeedsRead, facts: ImageFacts | ImageSkip) -> IndexItem:
+        if isinstance(facts, ImageSkip):
+            return IndexItem(**planned.base, content_hash=facts.content_hash, status=SKIPPED, skip_reason=facts.reason,
+                             note=facts.detail or None)  # fmt: skip
+        return self._accept(planned.candidate, planned.base, facts.width, facts.height, facts.content_hash, facts.notes)
 
-        notes = tuple(dict.fromkeys(image_notes + candidate.text.notes))
+    def _accept(self, candidate: Candidate, base: dict, width: int, height: int, content_hash: str, image_notes) -> IndexItem:
+        notes = tuple(dict.fromkeys(tuple(image_notes) + candidate.text.notes))
         self.notes.update(notes)
         placement = assign_bucket(width, height, self.config.buckets)
         return IndexItem(
@@ -141,19 +164,18 @@ def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStat
     """Build or update the index at `config.index` (paths in `config` must be absolute: `DataConfig.resolved`)."""
     started = time.perf_counter()
     stats = PrepareStats()
-    with DatasetIndex(config.index) as index:
+    workers = config.workers or os.cpu_count() or 1
+    with DatasetIndex(config.index) as index, (ProcessPoolExecutor(workers) if workers > 1 else nullcontext()) as pool:
         run = int(index.get_meta("last_run", 0)) + 1
         checks = config.images.model_dump(mode="json")
-        builder = _ItemBuilder(config, stats, {}, reuse_images=index.get_meta("image_checks") == checks)
+        builder = _ItemBuilder(config, stats, reuse_images=index.get_meta("image_checks") == checks, pool=pool)
 
         def rows() -> Iterator[IndexItem]:
             candidates = tqdm(iter_candidates(_with_validation_folder(config)), unit="img", desc="prepare", disable=not progress)
             for batch in _batched(candidates, config.batch_rows):
                 for spec in {c.subset.name: c.subset for c in batch}.values():
                     _register_subset(index, spec, builder.subset_ids)
-                previous = index.find_by_paths([str(c.path) for c in batch])
-                for candidate in batch:
-                    yield builder.build(candidate, previous.get(str(candidate.path)))
+                yield from builder.build_batch(batch, index.find_by_paths([str(c.path) for c in batch]))
 
         index.write_items(rows(), seen_run=run, batch_rows=config.batch_rows)
         stats.removed = index.delete_unseen(run)

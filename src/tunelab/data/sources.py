@@ -19,6 +19,8 @@ from tunelab.errors import fail
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+_PLAIN_KEY = re.compile(r'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:')  # "key" followed by its colon
+_SEPARATOR = re.compile(r"[ \t\n\r]*([,}])")
 # sd-scripts subset keys that describe where images are; every other key is a caption option for data/captions.py.
 _KOHYA_LAYOUT_KEYS = {
     "image_dir", "num_repeats", "is_reg", "metadata_file", "caption_extension", "recursive", "resolution",
@@ -196,6 +198,33 @@ class _JsonStream:
         self._skip_whitespace()
         return self.buffer[self.pos] if self.pos < len(self.buffer) else ""
 
+    def _match(self, pattern: re.Pattern) -> re.Match | None:
+        """A match at the current position (one refill allowed); None sends the caller to the general path."""
+        found = pattern.match(self.buffer, self.pos)
+        if found is None and not self.eof:
+            self._fill()
+            found = pattern.match(self.buffer, self.pos)
+        if found is not None:
+            self.pos = found.end()
+        return found
+
+    def key(self) -> str:
+        """An object key and its colon: one regex on the common path, the JSON decoder otherwise."""
+        found = self._match(_PLAIN_KEY)
+        if found is not None:
+            raw = found.group(1)
+            return json.loads(f'"{raw}"') if "\\" in raw else raw
+        key = self.value()
+        if not isinstance(key, str):
+            raise self.error("object key is not a string")
+        if self.char() != ":":
+            raise self.error("expected ':'")
+        return key
+
+    def separator(self) -> str:
+        found = self._match(_SEPARATOR)
+        return found.group(1) if found is not None else self.char()
+
     def value(self):
         self._skip_whitespace()
         while True:
@@ -226,13 +255,9 @@ def iter_json_object(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[s
         if stream.peek() == "}":
             return
         while True:
-            key = stream.value()
-            if not isinstance(key, str):
-                raise stream.error("object key is not a string")
-            if stream.char() != ":":
-                raise stream.error("expected ':'")
+            key = stream.key()
             yield key, stream.value()
-            separator = stream.char()
+            separator = stream.separator()
             if separator == "}":
                 return
             if separator != ",":
