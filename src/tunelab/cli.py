@@ -130,16 +130,61 @@ def merge(
 def prepare(
     config: Path = typer.Argument(..., help="Run config TOML with a [data] table (sources, split, buckets, images)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    verify: bool = typer.Option(False, "--verify", help="Only check the caches' shards (size, digest, names); exit 1 if bad."),
 ) -> None:
     """Index the dataset (SQLite): check every image once, bucket it, split it; bad files are skipped with reasons."""
     from tunelab.data.config import load_data_config
     from tunelab.data.prepare import prepare_dataset, report_paths
 
     data_config = load_data_config(config)
+    if verify:
+        _verify_caches(data_config.cache, repair=False)
+        return
     stats = prepare_dataset(data_config, progress=not quiet)
     typer.echo(stats.summary())
     typer.echo(f"index: {data_config.index}")
     typer.echo(f"skip report: {report_paths(data_config.index)[1]}")
+
+
+@app.command()
+def captions(
+    config: Path = typer.Argument(..., help="Run config TOML with [data] (and [data.captions])."),
+    preview: int = typer.Option(10, "--preview", help="How many items to show."),
+    seed: int = typer.Option(0, help="Seed of the caption randomness."),
+    epoch: int = typer.Option(0, help="Epoch (shuffle / dropout differ per epoch)."),
+    split: str = typer.Option("train", help="train | validation"),
+) -> None:
+    """Print what the caption policy makes of the first items of the index (raw tags/caption → prompt, tokens)."""
+    from tunelab.data.caption_preview import preview_lines
+    from tunelab.data.config import load_data_config
+
+    typer.echo("\n".join(preview_lines(load_data_config(config), preview, seed=seed, epoch=epoch, split=split)))
+
+
+def _verify_caches(cache_config, *, repair: bool) -> None:
+    from tunelab.data.cache_runner import verify_lines
+
+    lines, sound = verify_lines(cache_config, repair=repair)
+    typer.echo("\n".join(lines))
+    if not sound:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cache(
+    config: Path = typer.Argument(..., help="Run config TOML: [model], [data] with [data.cache], [train], [text_encoder]."),
+    verify: bool = typer.Option(False, "--verify", help="Check the shards instead of building; exit 1 if bad."),
+    repair: bool = typer.Option(False, "--repair", help="With --verify: drop bad shards so the next build redoes them."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Build (or resume) the latent and text-embedding caches [data.cache] asks for."""
+    from tunelab.data.cache_runner import build_caches
+    from tunelab.data.config import load_data_config
+
+    if verify or repair:
+        _verify_caches(load_data_config(config).cache, repair=repair)
+        return
+    typer.echo("\n".join(build_caches(config, progress=not quiet)))
 
 
 @app.command()
