@@ -1,11 +1,14 @@
 """Sources: folders with sidecars and N_name repeats, sd-scripts in_json (streamed), sd-scripts dataset TOML."""
 
 import json
+from pathlib import Path
 
 import pytest
 from make_images import write_image
 
-from tunelab.data.config import FolderSource, KohyaDatasetConfigSource, KohyaMetadataSource
+from tunelab.data.config import FolderSource, ImageChecks, KohyaDatasetConfigSource, KohyaMetadataSource, load_data_config
+from tunelab.data.index import DatasetIndex
+from tunelab.data.prepare import prepare_dataset
 from tunelab.data.sources import expand_kohya_dataset_config, iter_candidates, iter_json_object
 from tunelab.errors import TunelabError
 
@@ -132,6 +135,15 @@ keep_tokens = 2
     assert got["a.png"].text.tags == "tag_a, tag_b" and got["a.png"].subset.repeats == 10
     assert got["r.png"].text.caption == "a photo of a dog" and got["r.png"].subset.is_reg
     assert (got["f.png"].text.caption, got["f.png"].text.tags) == ("ft caption", "t1")
+    direct = load_data_config(tmp_path / "dataset.toml")  # `tunelab prepare dataset.toml` works on it as it is
+    assert direct.index == tmp_path / "dataset_index.sqlite" and direct.sources == [source]
+    direct = direct.model_copy(update={"images": ImageChecks(min_side=8)})
+    stats = prepare_dataset(direct, progress=False)
+    assert (stats.ok, stats.skipped) == (3, 0)
+    with DatasetIndex(direct.index) as index:
+        subsets = index.subsets()
+        rows = {Path(it.path).name: (subsets[it.subset_id].repeats, subsets[it.subset_id].is_reg) for it in index.iter_items()}
+    assert rows == {"a.png": (10, False), "r.png": (1, True), "f.png": (1, False)}
     (tmp_path / "bad.toml").write_text("[[datasets]]\nresolution = 512\n")
     with pytest.raises(TunelabError, match="bad.toml: datasets.0: no"):
         expand_kohya_dataset_config(KohyaDatasetConfigSource(type="kohya_dataset_config", path=tmp_path / "bad.toml"))

@@ -130,9 +130,15 @@ class DataConfig(StrictModel):
 
 
 def load_data_config(path: str | Path) -> DataConfig:
-    """Read the `[data]` table of a run config, with paths resolved against the config's folder."""
+    """Read the `[data]` table of a run config, with paths resolved against the config's folder.
+
+    An sd-scripts dataset-config TOML (`[[datasets]]`, no `[data]`) is accepted as it is: its subsets are the
+    sources, with default settings and the index next to it."""
     path = Path(path)
-    table = read_toml(path).get("data")
+    raw = read_toml(path)
+    table = raw.get("data")
+    if table is None and isinstance(raw.get("datasets"), list):
+        table = {"index": f"{path.stem}_index.sqlite", "sources": [{"type": "kohya_dataset_config", "path": path.name}]}
     if not isinstance(table, dict):
         raise fail(path, "no [data] table")
     try:
