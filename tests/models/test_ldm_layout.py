@@ -1,12 +1,14 @@
 """diffusers → original Stability layout, checked on full-size SDXL / SD1.5 built on the meta device (shapes only).
 
-Where the expected layout comes from (facts, not code): the key names and shapes below are those of Stability's
-`sgm`/`ldm` modules as found in `sd_xl_base_1.0.safetensors` / `v1-5-pruned-emaonly.safetensors` and listed by tools
-that read them: ComfyUI-GGUF's architecture detection (`input_blocks.3.0.op`, `output_blocks.2.2.conv` (SDXL) /
-`output_blocks.2.1.conv` (SD1.5), `label_emb.0.0`), stable-diffusion.cpp's unused-tensor list (`conditioner.
-embedders.1.model.logit_scale`, `...embedders.0.transformer.text_model.embeddings.position_ids`), an SDXL header
-validator (`output_blocks.2.2.conv.weight` [1280,1280,3,3], `out.2.weight` [4,320,3,3]) and the A1111 SDXL PR's
-shape errors (`resblocks.N.attn.in_proj_weight` [3840,1280]). The real configs (SDXL base 1.0, SD 1.5) are the
+Where the expected layout comes from (facts, not code): key names and shapes of Stability's `sgm`/`ldm` modules
+as listed by public tools that read `sd_xl_base_1.0` / SD 1.5 single files: a GGUF converter's architecture
+detection (`input_blocks.3.0.op`, `output_blocks.2.2.conv` (SDXL) / `output_blocks.2.1.conv` (SD1.5),
+`label_emb.0.0`), a C++ SD runtime's list of unused tensors (`conditioner.embedders.1.model.logit_scale`,
+`...embedders.0.transformer.text_model.embeddings.position_ids`), an SDXL header validator
+(`middle_block.1.transformer_blocks.9.attn2.to_v.weight` [1280,2048], `output_blocks.2.2.conv.weight`
+[1280,1280,3,3], `out.2.weight` [4,320,3,3]), AUTOMATIC1111 PR #11757 and Stability-AI/generative-models
+issue #431 (`resblocks.N.attn.in_proj_weight` [3840,1280]), and diffusers' `single_file_utils` key tables.
+The real configs (SDXL base 1.0, SD 1.5) are the
 ones shipped in `tunelab/models/configs/`. Independently, diffusers' own single-file converter must map our output
 back to exactly the diffusers keys and shapes."""
 
