@@ -19,21 +19,22 @@ def test_validate_command_is_deterministic_and_ranks_a_damaged_checkpoint(tmp_pa
         '[model]\npath = "base"\n[train]\nmax_steps = 10\noutput_dir = "run"\n'
         '[validation]\nretention_prompts = ["red, car", "mira, forest"]\nsamples_per_prompt = 2\n'
         'retention_steps = 3\nbands = 4\ncache_dir = "cache"\n')
-    args = ["validate", str(tmp_path / "run.toml"), "--checkpoint", str(tmp_path / "run/checkpoints/step-000010"),
-            "--checkpoint", str(tmp_path / "base"), "--quiet"]
-    result = CliRunner().invoke(app, args)
+    config = str(tmp_path / "run.toml")
+    result = CliRunner().invoke(app, ["validate", config, "--checkpoint", str(tmp_path / "run/checkpoints/step-000010"),
+                                      "--quiet"])
     assert result.exit_code == 0, result.output
     assert "val/retention (4 items × 4 bands)" in result.output
     assert "step-000010" in result.output and "skipped held_out: no [data] table" in result.output
     first = json.loads((tmp_path / "run" / "validation.json").read_text())
-    assert [m["name"] for m in first["models"]] == ["base", "step-000010", "base"]
+    assert [m["name"] for m in first["models"]] == ["base", "step-000010"]
     assert first["bands"] == [[0, 250], [250, 500], [500, 750], [750, 1000]]
-    base, damaged, base_again = (m["scalars"] for m in first["models"])
-    assert base == base_again  # the same weights loaded again: identical numbers
+    base, damaged = (m["scalars"] for m in first["models"])
     assert damaged["val/retention/mean"] > base["val/retention/mean"]
-    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "again.json")])
+    # a second run (retention set now from the cache), the base given as a checkpoint: identical numbers
+    result = CliRunner().invoke(app, ["validate", config, "--checkpoint", str(tmp_path / "base"), "--no-base",
+                                      "--out", str(tmp_path / "again.json"), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "again.json").read_text())["models"] == first["models"]
+    assert json.loads((tmp_path / "again.json").read_text())["models"][0]["scalars"] == base
 
 
 def test_validate_command_reports_a_bad_config_in_one_line(tmp_path):
