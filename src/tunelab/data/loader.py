@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterator
 
 import numpy as np
@@ -61,10 +62,11 @@ def read_bucket_items(index: DatasetIndex, split: str = TRAIN) -> dict[Bucket, B
     for bucket in index.bucket_counts(split):
         rows = index.db.execute(
             "SELECT id, subset_id FROM items WHERE status = ? AND split = ? AND bucket_width = ? AND bucket_height = ? "
-            "ORDER BY id", (OK, split, *bucket)).fetchall()  # fmt: skip
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        repeats = np.fromiter((max(1, repeats_of.get(r[1], 1)) for r in rows), dtype=np.int64, count=len(rows))
-        out[bucket] = BucketItems(ids, repeats)
+            "ORDER BY id", (OK, split, *bucket))  # fmt: skip
+        pairs = np.fromiter(chain.from_iterable(rows), dtype=np.int64).reshape(-1, 2)
+        subsets, where = np.unique(pairs[:, 1], return_inverse=True)
+        repeats = np.array([max(1, repeats_of.get(int(s), 1)) for s in subsets], dtype=np.int64)[where]
+        out[bucket] = BucketItems(pairs[:, 0].copy(), repeats)
     return out
 
 

@@ -74,6 +74,7 @@ class ShardStore:
                                         "delete the folder or set [data.cache] dir to a new one")  # fmt: skip
         self.fingerprint = fingerprint if stored is None else json.loads(stored[0])
         self._open: OrderedDict[str, object] = OrderedDict()  # a few safe_open handles (mmap), least recent out
+        self._last_number: int | None = None
 
     def close(self) -> None:
         self._open.clear()
@@ -98,9 +99,12 @@ class ShardStore:
         return sorted(removed)
 
     def next_shard_name(self) -> str:
-        names = [r[0] for r in self.db.execute("SELECT name FROM shards")] + [p.name for p in self.folder.glob(SHARD_GLOB)]
-        last = max((int(n.removeprefix("shard-").removesuffix(".safetensors")) for n in names), default=0)
-        return f"shard-{last + 1:06d}.safetensors"
+        """A name no catalogued shard and no file in the folder has (found once, then counted up)."""
+        if self._last_number is None:
+            names = [r[0] for r in self.db.execute("SELECT name FROM shards")] + [p.name for p in self.folder.glob(SHARD_GLOB)]
+            self._last_number = max((int(n.removeprefix("shard-").removesuffix(".safetensors")) for n in names), default=0)
+        self._last_number += 1
+        return f"shard-{self._last_number:06d}.safetensors"
 
     def write_shard(self, tensors: dict[int, dict[str, torch.Tensor]], keys: dict[int, str]) -> str:
         """Write one shard of {item_id: {name: tensor}} atomically, then catalogue it (replacing older entries)."""
@@ -108,16 +112,25 @@ class ShardStore:
         data = serialize(flat, metadata={"items": json.dumps(sorted(tensors))})
         name = self.next_shard_name()
         write_bytes(self.folder / name, data)
+        replaced = set(self._shards_of(list(tensors)))
         with self.db:
             self.db.execute("INSERT INTO shards VALUES (?, ?, ?, ?)", (name, len(tensors), len(data), digest_of(data)))
             self.db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
                                 [(item_id, name, keys[item_id]) for item_id in tensors])  # fmt: skip
-        self._drop_unreferenced_shards()
+        self._drop_if_unreferenced(replaced)
         return name
 
-    def _drop_unreferenced_shards(self) -> None:
+    def _shards_of(self, item_ids: list[int]) -> list[str]:
+        found = []
+        for start in range(0, len(item_ids), 500):
+            chunk = item_ids[start : start + 500]
+            sql = f"SELECT DISTINCT shard FROM entries WHERE item_id IN ({', '.join('?' * len(chunk))})"
+            found += [r[0] for r in self.db.execute(sql, chunk)]
+        return found
+
+    def _drop_if_unreferenced(self, shards: set[str]) -> None:
         """Shards whose every entry was replaced by a newer computation are deleted."""
-        dead = [r[0] for r in self.db.execute("SELECT name FROM shards WHERE name NOT IN (SELECT DISTINCT shard FROM entries)")]
+        dead = [s for s in sorted(shards) if self.db.execute("SELECT 1 FROM entries WHERE shard = ? LIMIT 1", (s,)).fetchone() is None]
         if dead:
             with self.db:
                 self.db.executemany("DELETE FROM shards WHERE name = ?", [(n,) for n in dead])
