@@ -7,8 +7,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.data.config import load_data_config
-from tunelab.data.images import load_rgb
+from tunelab.data.config import ImageChecks, load_data_config
+from tunelab.data.images import inspect_image, load_rgb
 from tunelab.data.index import DatasetIndex
 from tunelab.data.prepare import report_paths
 
@@ -123,3 +123,12 @@ def test_a_process_pool_gives_the_same_rows(tmp_path):
     pooled, _ = _prepare(tmp_path, workers=2)
     facts = lambda rows: {n: (r.status, r.skip_reason, r.content_hash, r.width, r.note) for n, r in rows.items()}  # noqa: E731
     assert facts(pooled) == facts(serial)
+
+
+def test_exif_orientation_is_applied_to_the_recorded_size_and_the_pixels(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90° (a phone photo held upright)
+    noise_image(64, 48).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    facts = inspect_image(tmp_path / "rotated.jpg", ImageChecks(min_side=8))
+    assert (facts.width, facts.height) == (48, 64)
+    assert load_rgb(tmp_path / "rotated.jpg").size == (48, 64)

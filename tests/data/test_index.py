@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 
 from tunelab.data.index import SKIPPED, VALIDATION, DatasetIndex, IndexItem
+from tunelab.errors import TunelabError
 
 
 def _items(n, *, bucket_of=lambda i: (64, 64) if i % 3 else (96, 32)):
@@ -68,3 +69,17 @@ def test_wal_mode_subsets_meta_and_readonly(tmp_path):
         assert index.get_meta("config") == {"a": 1}
         with pytest.raises(sqlite3.OperationalError):
             index.write_items([IndexItem(path="/y.png")])
+
+
+def test_opening_something_else_is_one_clear_error(tmp_path):
+    with pytest.raises(TunelabError, match="dataset index not found"):
+        DatasetIndex.open_existing(tmp_path / "missing.sqlite")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG not a database" * 100)
+    with pytest.raises(TunelabError, match="image.png: not a dataset index"):
+        DatasetIndex(tmp_path / "image.png")
+    other = sqlite3.connect(tmp_path / "other.sqlite")
+    other.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema_version', '0');")
+    other.commit()
+    other.close()
+    with pytest.raises(TunelabError, match="schema 0, expected 1"):
+        DatasetIndex.open_existing(tmp_path / "other.sqlite")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from tunelab.errors import fail
+
 SCHEMA_VERSION = 1
 TRAIN, VALIDATION = "train", "validation"
 OK, SKIPPED = "ok", "skipped"
@@ -145,25 +147,34 @@ class DatasetIndex:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        if readonly:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
-            self.db.executescript(_SCHEMA)
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self.db.commit()
+        try:
+            self.db = self._connect(readonly)
+            found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise fail(self.path, f"not a dataset index ({e})") from None
+        if found is None or found[0] != str(SCHEMA_VERSION):
+            self.db.close()
+            raise fail(self.path, f"dataset index schema {found and found[0]}, expected {SCHEMA_VERSION}: "
+                                  "delete it and run `tunelab prepare` again")  # fmt: skip
         self.db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache: bounded memory at any scale
 
     @classmethod
     def open_existing(cls, path: str | Path, *, readonly: bool = True) -> "DatasetIndex":
-        from tunelab.errors import fail
-
         if not Path(path).exists():
             raise fail(path, "dataset index not found (run `tunelab prepare` first)")
         return cls(path, readonly=readonly)
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        if readonly:
+            return sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+        db.executescript(_SCHEMA)
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        db.commit()
+        return db
 
     def close(self) -> None:
         self.db.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.config import read_toml
-from tunelab.data.config import FolderSource, KohyaDatasetConfigSource, KohyaMetadataSource, Source
+from tunelab.data.config import IMAGE_EXTENSIONS, FolderSource, KohyaDatasetConfigSource, KohyaMetadataSource, Source
 from tunelab.errors import fail
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
@@ -281,8 +281,6 @@ def _find_image(key: str, image_dir: Path, extensions: tuple[str, ...]) -> Path 
 def iter_kohya_metadata(source: KohyaMetadataSource) -> Iterator[Candidate]:
     """Entries of an `in_json` file, streamed. `caption` and `tags` are kept apart (the caption policy joins them);
     `train_resolution` is not used: buckets are computed from the image's real size."""
-    from tunelab.data.config import IMAGE_EXTENSIONS
-
     path = Path(source.path)
     if not path.is_file():
         raise fail(path, "metadata file not found")
