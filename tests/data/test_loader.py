@@ -134,3 +134,32 @@ def test_latents_come_from_the_cache(tmp_path):
     latent_source.close()
     pixel_source.close()
     assert isinstance(latent_source.latent_cache, LatentCache)
+
+
+def test_trainer_micro_batches_resume_mid_epoch_continues_identically(dataset):
+    from itertools import islice
+
+    from tunelab.train.batches import DataPosition, micro_batches
+
+    with DatasetIndex(dataset.index) as index:
+        source = DatasetBatches(index, dataset, batch_size=2, seed=11)
+        per_epoch = source.batches_per_epoch()
+        position = DataPosition()
+        straight = [b["item_ids"] for b in islice(micro_batches(source, position), per_epoch + 5)]
+        assert (position.epoch, position.batch) == (1, 5)
+        resumed_at = DataPosition(epoch=1, batch=2)  # what a checkpoint restores
+        resumed = [b["item_ids"] for b in islice(micro_batches(source, resumed_at), 3)]
+    assert resumed == straight[per_epoch + 2 : per_epoch + 5]
+    assert straight[per_epoch : per_epoch + 5] != straight[:5]  # a new epoch, a new order
+
+
+def test_worker_threads_give_the_same_batches(dataset):
+    with DatasetIndex(dataset.index) as index:
+        plain = list(DatasetBatches(index, dataset, batch_size=3, seed=2).epoch_batches(1, start_batch=2))
+        threaded_source = DatasetBatches(index, dataset, batch_size=3, seed=2, workers=2)
+        threaded = list(threaded_source.epoch_batches(1, start_batch=2))
+        threaded_source.pool.shutdown()
+    assert len(plain) == len(threaded) == 7
+    for a, b in zip(plain, threaded):
+        assert a["item_ids"] == b["item_ids"] and a["captions"] == b["captions"]
+        assert torch.equal(a["pixel_values"], b["pixel_values"])

@@ -2,7 +2,8 @@
 
 Public API (what the trainer calls):
 
-    batches = open_batches(data_config, batch_size=16, seed=0, rank=0, world_size=1, text_encoder_mode="off")
+    batches = open_batches(data_config, batch_size=16, seed=0, rank=0, world_size=1, text_encoder_mode="off",
+                           workers=0)   # workers > 0: threads decode the next batch's images ahead
     batches.batches_per_epoch()                   -> int (the same on every rank)
     batches.epoch_batches(epoch, start_batch=0)   -> Iterator[dict]   (train/batches.py's BatchSource protocol)
     batches.has_text_embeddings                   -> bool (batches carry cached prompt_embeds)
@@ -29,7 +30,7 @@ Everything random (order, caption shuffle / dropout) is a function of (seed, epo
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from typing import Iterator
@@ -40,7 +41,7 @@ import torch
 from tunelab.data.cache import LatentCache, TextCache, text_cache_refusal_reason
 from tunelab.data.captions import SubsetPolicies
 from tunelab.data.config import DataConfig
-from tunelab.data.index import OK, TRAIN, DatasetIndex, IndexItem
+from tunelab.data.index import OK, TRAIN, DatasetIndex
 from tunelab.data.pixels import item_pixels, size_conditioning
 from tunelab.errors import TunelabError
 
@@ -117,24 +118,43 @@ class DatasetBatches:
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         plan = plan_epoch(self.buckets, seed=self.seed, epoch=epoch, global_batch=self.global_batch)
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        ahead = None  # with workers: the next batch's images decode while the caller trains on this one
         for global_batch in plan[start_batch:]:
             ids, occurrences = global_batch[mine, 0].tolist(), global_batch[mine, 1].tolist()
-            yield self.make_batch(ids, occurrences, epoch)
+            if self.pool is None:
+                yield self.make_batch(ids, occurrences, epoch)
+                continue
+            started = self._begin_batch(ids, occurrences, epoch)
+            if ahead is not None:
+                yield self._finish_batch(*ahead)
+            ahead = started
+        if ahead is not None:
+            yield self._finish_batch(*ahead)
 
     def make_batch(self, ids: list[int], occurrences: list[int], epoch: int) -> dict:
+        return self._finish_batch(*self._begin_batch(ids, occurrences, epoch))
+
+    def _begin_batch(self, ids: list[int], occurrences: list[int], epoch: int) -> tuple[dict, list]:
+        """Rows, captions, cached tensors now (SQLite stays on this thread); pixels submitted to the pool."""
         items = self.index.get_many(ids)
         captions = [self.policies.prompt(it, seed=self.seed, epoch=epoch, occurrence=o) for it, o in zip(items, occurrences)]
         batch: dict = {"item_ids": ids, "captions": captions, **size_conditioning(items)}
+        pixels: list = []
         if self.latent_cache is not None:
             batch["latents"] = self.latent_cache.latents(items)
+        elif self.pool is not None:
+            pixels = [self.pool.submit(item_pixels, it) for it in items]
         else:
-            batch["pixel_values"] = torch.stack(self._pixels(items))
+            pixels = [item_pixels(it) for it in items]
         if self.text_cache is not None:
             batch.update(self.text_cache.embeddings(items, captions))
-        return batch
+        return batch, pixels
 
-    def _pixels(self, items: list[IndexItem]) -> list[torch.Tensor]:
-        return list(self.pool.map(item_pixels, items)) if self.pool else [item_pixels(it) for it in items]
+    @staticmethod
+    def _finish_batch(batch: dict, pixels: list) -> dict:
+        if pixels:
+            batch["pixel_values"] = torch.stack([p.result() if isinstance(p, Future) else p for p in pixels])
+        return batch
 
     def close(self) -> None:
         if self.pool:
