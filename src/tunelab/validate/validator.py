@@ -65,14 +65,20 @@ def build_sets(run_config: RunConfig, components: ModelComponents, *, base: Mode
 class Validator:
     """`components` is the model being trained: its (frozen) VAE encodes the image sets. `base` is the unmodified
     base model for generating the retention set; None = load `[model] path` on a retention-cache miss (the right
-    choice when resuming, where `components` already hold trained weights)."""
+    choice when resuming, where `components` already hold trained weights). `sets` replaces the configured sets
+    (benchmarks, experiments)."""
 
     def __init__(self, run_config: RunConfig, components: ModelComponents, *, base: ModelComponents | None = None,
-                 writer=None, progress: bool = True):
+                 writer=None, progress: bool = True, sets: list[ValidationSet] | None = None):
         self.run_config = run_config
         self.config = run_config.validation or ValidationConfig()
         self.writer = writer
-        self.sets, self.skipped = build_sets(run_config, components, base=base, progress=progress) if self.config.enabled else ([], {})
+        if sets is not None:
+            self.sets, self.skipped = sets, {}
+        elif self.config.enabled:
+            self.sets, self.skipped = build_sets(run_config, components, base=base, progress=progress)
+        else:
+            self.sets, self.skipped = [], {"all": "validation.enabled = false"}
 
     def due(self, step: int, *, checkpoint: bool = False) -> bool:
         """Whether optimizer step `step` (1-based) validates: at the cadence, and at checkpoints when configured."""
