@@ -58,7 +58,7 @@ def _build(folder):
     write_image(folder / "missing_caption.png", 64, 48)
 
 
-def _prepare(tmp_path, images_table="min_side = 8", workers=1):
+def _prepare(tmp_path, images_table="", workers=1):  # default checks: min side 8 from the tiny buckets
     (tmp_path / "run.toml").write_text(
         f'[data]\nindex = "out/index.sqlite"\nworkers = {workers}\nsources = [{{type = "folder", path = "bad"}}]\n'
         f'buckets = {{resolution = 32, step = 8, min_side = 16, max_side = 64}}\nimages = {{{images_table}}}\n'
@@ -132,3 +132,13 @@ def test_exif_orientation_is_applied_to_the_recorded_size_and_the_pixels(tmp_pat
     facts = inspect_image(tmp_path / "rotated.jpg", ImageChecks(min_side=8))
     assert (facts.width, facts.height) == (48, 64)
     assert load_rgb(tmp_path / "rotated.jpg").size == (48, 64)
+
+
+def test_default_minimum_side_follows_the_buckets():
+    from tunelab.data.config import DataConfig
+
+    sources = [{"type": "folder", "path": "x"}]
+    assert DataConfig(sources=sources).image_checks().min_side == 128  # SDXL buckets: smallest side 512
+    tiny = DataConfig(sources=sources, buckets={"resolution": 32, "step": 8, "min_side": 16, "max_side": 64})
+    assert tiny.image_checks().min_side == 8  # a 32×32 toy image passes, a 1×1 does not
+    assert DataConfig(sources=sources, images={"min_side": 3}).image_checks().min_side == 3

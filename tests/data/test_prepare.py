@@ -146,3 +146,15 @@ def test_cli_prepare_and_config_errors(tmp_path):
     (tmp_path / "nodata.toml").write_text('[model]\npath = "x"\n')
     with pytest.raises(TunelabError, match="no \\[data\\] table"):
         load_data_config(tmp_path / "nodata.toml")
+
+
+def test_toy_finetune_world_prepares_end_to_end(tmp_path):
+    from tunelab.toy.world import write_dataset
+
+    folder = write_dataset(tmp_path / "finetune", "finetune", count=12, progress=False)
+    config = _config(tmp_path, folder, images={}, split={"validation_fraction": 0.25})
+    stats = prepare_dataset(config, progress=False)
+    assert (stats.ok, stats.skipped, stats.train + stats.validation) == (12, 0, 12)
+    for name, row in _rows(config).items():
+        assert (row.width, row.height, row.bucket, row.crop_top_left) == (32, 32, (32, 32), (0, 0))
+        assert row.tags == (folder / name).with_suffix(".txt").read_text().strip() and row.tags

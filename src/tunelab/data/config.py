@@ -93,7 +93,7 @@ class ImageChecks(StrictModel):
 
     # Pillow raises DecompressionBombError above 2 × its default MAX_IMAGE_PIXELS (89,478,485): same default here.
     max_pixels: int = Field(178_956_970, ge=1)
-    min_side: int = Field(64, ge=1)
+    min_side: int | None = Field(None, ge=1)  # None: a quarter of the smallest bucket side, at least 8 pixels
     # GIF frames are 256-colour dithered and first frames are often blank/title cards: skip by default.
     animated: Literal["skip", "first_frame"] = "skip"
     require_caption: bool = False  # skip items with neither tags nor caption
@@ -110,6 +110,13 @@ class DataConfig(StrictModel):
     # --- caption policy (data/captions.py) goes below this line ---
     captions: CaptionConfig = Field(default_factory=CaptionConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    def image_checks(self) -> ImageChecks:
+        """The checks prepare applies, with the default minimum side filled in from the buckets (an image upscaled
+        more than 4× to reach the smallest bucket teaches blur; a 1×1 image teaches nothing)."""
+        if self.images.min_side is not None:
+            return self.images
+        return self.images.model_copy(update={"min_side": max(8, self.buckets.min_side // 4)})
 
     def resolved(self, base_dir: Path) -> "DataConfig":
         """A copy with every relative path made absolute against `base_dir` (the TOML file's folder)."""

@@ -113,7 +113,7 @@ def inspect_bytes(data: bytes, path: Path, checks: ImageChecks) -> ImageFacts | 
             width, height = image.size
             if width * height > checks.max_pixels:
                 return ImageSkip("too_many_pixels", f"{width}x{height} > {checks.max_pixels}", digest)
-            if min(width, height) < checks.min_side:
+            if checks.min_side is not None and min(width, height) < checks.min_side:
                 return ImageSkip("too_small", f"{width}x{height} < {checks.min_side}", digest)
             if frames > 1 and checks.animated == "skip":
                 return ImageSkip("animated", f"{frames} frames", digest)

@@ -87,6 +87,7 @@ class _ItemBuilder:
 
     def __init__(self, config: DataConfig, stats: PrepareStats, reuse_images: bool, pool: Executor | None):
         self.config, self.stats, self.reuse_images, self.pool = config, stats, reuse_images, pool
+        self.checks = config.image_checks()
         self.subset_ids: dict[str, int] = {}
         self.notes: Counter[str] = Counter()
 
@@ -94,7 +95,7 @@ class _ItemBuilder:
         planned = [self._plan(c, previous.get(str(c.path))) for c in batch]
         to_read = [p for p in planned if isinstance(p, _NeedsRead)]
         paths = [p.candidate.path for p in to_read]
-        check = partial(inspect_image, checks=self.config.images)
+        check = partial(inspect_image, checks=self.checks)
         facts = iter(self.pool.map(check, paths, chunksize=4) if self.pool else map(check, paths))
         self.stats.images_read += len(to_read)
         return [self._finish(p, next(facts)) if isinstance(p, _NeedsRead) else p for p in planned]
@@ -112,7 +113,7 @@ class _ItemBuilder:
         base.update(file_size=stat.st_size, mtime_ns=stat.st_mtime_ns)
         if candidate.text.skip_reason:  # decided before touching the image
             return IndexItem(**base, status=SKIPPED, skip_reason=candidate.text.skip_reason)
-        if self.config.images.require_caption and not (candidate.text.tags or candidate.text.caption):
+        if self.checks.require_caption and not (candidate.text.tags or candidate.text.caption):
             return IndexItem(**base, status=SKIPPED, skip_reason="no_caption")
         if not self._unchanged(previous, stat):
             return _NeedsRead(candidate, base)
@@ -167,7 +168,7 @@ def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStat
     workers = config.workers or os.cpu_count() or 1
     with DatasetIndex(config.index) as index, (ProcessPoolExecutor(workers) if workers > 1 else nullcontext()) as pool:
         run = int(index.get_meta("last_run", 0)) + 1
-        checks = config.images.model_dump(mode="json")
+        checks = config.image_checks().model_dump(mode="json")
         builder = _ItemBuilder(config, stats, reuse_images=index.get_meta("image_checks") == checks, pool=pool)
 
         def rows() -> Iterator[IndexItem]:
