@@ -91,7 +91,3 @@ def _merge(segments: list[list]) -> Segments:
             merged.append([text, weight])
     return [(text, weight) for text, weight in merged] or [("", 1.0)]
 
-
-def plain_text(segments: Segments) -> str:
-    """The prompt's words without weights (BREAK kept as a word), e.g. for labels."""
-    return "".join(" BREAK " if is_break(w) else t for t, w in segments).strip()
