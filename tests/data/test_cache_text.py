@@ -64,3 +64,6 @@ def test_cached_embeddings_equal_live_encoding(tmp_path, tiny_sdxl_model):
         saw_empty |= "" in batch["captions"]
     source.close()
     assert chunk_counts >= {2, 3} and saw_empty  # the comparison covered padding and the zero embedding
+    open_batches(config, batch_size=2, components=tiny_sdxl_model, text_settings=settings).close()
+    with pytest.raises(TunelabError, match="other settings .*clip_skip"):
+        open_batches(config, batch_size=2, components=tiny_sdxl_model, text_settings=TextSettings(clip_skip=3))

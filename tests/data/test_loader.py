@@ -3,6 +3,7 @@ batch without touching skipped images, repeats, the pixel geometry of the batch 
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from tiny_dataset import make_dataset
 from tunelab.data.cache import LatentCache, build_latent_cache
 from tunelab.data.index import DatasetIndex
 from tunelab.data.loader import DatasetBatches, batches_per_epoch, open_batches, train_batches
+from tunelab.errors import TunelabError
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,10 @@ def test_latents_come_from_the_cache(tmp_path):
     latent_source.close()
     pixel_source.close()
     assert isinstance(latent_source.latent_cache, LatentCache)
+    open_batches(config, batch_size=2, components=SimpleNamespace(vae=vae)).close()  # the VAE that made it
+    torch.manual_seed(1)
+    with pytest.raises(TunelabError, match="built with other settings"):
+        open_batches(config, batch_size=2, components=SimpleNamespace(vae=tiny_vae()))
 
 
 def test_trainer_micro_batches_resume_mid_epoch_continues_identically(dataset):

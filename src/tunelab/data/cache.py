@@ -152,12 +152,13 @@ def build_latent_cache(index: DatasetIndex, vae, config: CacheConfig, *, progres
 class LatentCache:
     """Read side for the loader: `latents(items)` → [B, 4, h, w] (one bucket per batch)."""
 
-    def __init__(self, folder: str | Path):
-        self.store = ShardStore(folder, create=False)
+    def __init__(self, folder: str | Path, fingerprint: dict | None = None):
+        """With `fingerprint` (`latent_fingerprint(vae, config)`), a cache made by another VAE is refused."""
+        self.store = ShardStore(folder, fingerprint, create=False)
 
     @classmethod
-    def for_config(cls, config: CacheConfig) -> "LatentCache":
-        return cls(Path(config.dir) / "latents")
+    def for_config(cls, config: CacheConfig, vae=None) -> "LatentCache":
+        return cls(Path(config.dir) / "latents", None if vae is None else latent_fingerprint(vae, config))
 
     def latents(self, items: list[IndexItem]) -> torch.Tensor:
         rows = self.store.read([it.id for it in items], ["latents"], [latent_key(it) for it in items])
@@ -244,18 +245,20 @@ class TextCache:
     """Read side for the loader: `embeddings(items, captions)` → dict with "prompt_embeds" [B, 77·n, D] (padded
     with the encoded empty chunk, or zeros for "" captions when empty_as_zeros) and "pooled_prompt_embeds"."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, fingerprint: dict | None = None):
+        """With `fingerprint` (`text_fingerprint(...)`), a cache made by other encoders / settings is refused."""
         from safetensors.torch import load_file
 
-        self.store = ShardStore(folder, create=False)
+        self.store = ShardStore(folder, fingerprint, create=False)
         self.empty_chunk = load_file(str(Path(folder) / "empty_chunk.safetensors"))["prompt_embeds"].float()
         fingerprint = self.store.fingerprint or {}
         self.empty_as_zeros = bool(fingerprint.get("empty_as_zeros", False))
         self.has_pooled = fingerprint.get("architecture") == "sdxl"  # SDXL's pooled embedding from TE2
 
     @classmethod
-    def for_config(cls, config: CacheConfig) -> "TextCache":
-        return cls(Path(config.dir) / "text")
+    def for_config(cls, config: CacheConfig, components=None, settings: TextSettings | None = None) -> "TextCache":
+        check = components is not None and settings is not None
+        return cls(Path(config.dir) / "text", text_fingerprint(components, settings, config) if check else None)
 
     def embeddings(self, items: list[IndexItem], captions: list[str]) -> dict[str, torch.Tensor]:
         names = ["prompt_embeds"] + (["pooled_prompt_embeds"] if self.has_pooled else [])

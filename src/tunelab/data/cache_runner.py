@@ -39,7 +39,7 @@ def build_caches(config_path: str | Path, *, progress: bool = True) -> list[str]
             reason = text_cache_refusal_reason(data.captions, config.text_encoder.mode, configs)
             if reason:
                 raise TunelabError(f"text-embedding cache refused: {reason}")
-        components = load_model(config.model.path)
+        components = load_model(config.model.path, dtype=config.model.dtype)  # as the trainer loads it
         if data.cache.latents:
             lines.append(build_latent_cache(index, components.vae, data.cache, progress=progress).summary("latents"))
         if data.cache.text_embeddings:

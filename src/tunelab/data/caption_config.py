@@ -25,9 +25,10 @@ DEFAULT_CATEGORY_ORDER = ["artist", "character", "copyright", "general", "meta"]
 
 class CaptionConfig(StrictModel):
     # --- which text: dual tag + caption ---
-    # tags_first / caption_first: both, joined by `separator`; random: one of them (caption with
-    # `caption_probability`); tags / caption: only that one. A missing side falls back to the other.
-    combine: Literal["tags_first", "caption_first", "random", "tags", "caption"] = "tags_first"
+    # caption_first / tags_first: both, joined by `separator` (caption_first is what sd-scripts does with an
+    # in_json file); random: one of them (caption with `caption_probability`); tags / caption: only that one.
+    # A missing side falls back to the other. Shuffle, keep_tokens and tag dropout act on the tags only.
+    combine: Literal["caption_first", "tags_first", "random", "tags", "caption"] = "caption_first"
     caption_probability: float = Field(0.5, ge=0.0, le=1.0)
     separator: str = ", "  # between tags, and between tags and caption (sd-scripts caption_separator)
 

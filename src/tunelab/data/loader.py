@@ -38,7 +38,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from tunelab.data.cache import LatentCache, TextCache, text_cache_refusal_reason
+from tunelab.data.cache import LatentCache, TextCache, TextSettings, text_cache_refusal_reason
 from tunelab.data.captions import SubsetPolicies
 from tunelab.data.config import DataConfig
 from tunelab.data.index import OK, TRAIN, DatasetIndex
@@ -166,18 +166,21 @@ class DatasetBatches:
 
 
 def open_batches(data_config: DataConfig, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 text_encoder_mode: str = "off", split: str = TRAIN, workers: int = 0) -> DatasetBatches:  # fmt: skip
+                 text_encoder_mode: str = "off", split: str = TRAIN, workers: int = 0, components=None,
+                 text_settings: TextSettings | None = None) -> DatasetBatches:  # fmt: skip
     """Open the index and the caches `[data.cache]` asks for. A text cache that would be wrong (random captions,
-    trained text encoders) is refused with the reason; a latent cache must have been built (`tunelab cache`)."""
+    trained text encoders) is refused with the reason; a latent cache must have been built (`tunelab cache`).
+    With `components` (and `text_settings`), caches made by another VAE / text encoders / settings are refused."""
     index = DatasetIndex.open_existing(data_config.index)
-    latent_cache = LatentCache.for_config(data_config.cache) if data_config.cache.latents else None
+    vae = None if components is None else components.vae
+    latent_cache = LatentCache.for_config(data_config.cache, vae) if data_config.cache.latents else None
     text_cache = None
     if data_config.cache.text_embeddings:
         configs = SubsetPolicies.for_index(data_config.captions, index).configs()
         reason = text_cache_refusal_reason(data_config.captions, text_encoder_mode, configs)
         if reason:
             raise TunelabError(f"[data.cache] text_embeddings refused: {reason}")
-        text_cache = TextCache.for_config(data_config.cache)
+        text_cache = TextCache.for_config(data_config.cache, components, text_settings)
     return DatasetBatches(index, data_config, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                           split=split, latent_cache=latent_cache, text_cache=text_cache, workers=workers)  # fmt: skip
 
