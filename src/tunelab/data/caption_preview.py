@@ -38,11 +38,15 @@ def preview_lines(data_config: DataConfig, count: int, *, seed: int = 0, epoch: 
             lines += [
                 "",
                 f"[{item.id}] {item.path}  ({item.bucket_width}x{item.bucket_height}, {item.split})",
-                f"  tags:    {item.tags if item.tags is not None else '(none)'}",
-                f"  caption: {item.caption if item.caption is not None else '(none)'}",
+                f"  tags:    {_one_line(item.tags)}",
+                f"  caption: {_one_line(item.caption)}",
                 f"  prompt:  {prompt if prompt else '(empty: dropped)'}",
                 f"  tokens:  {tokens} → {chunks} chunk{'s' if chunks > 1 else ''} of 75{cut}",
             ]
         if shown == 0:
             lines.append(f"no usable items in split {split!r}")
     return lines
+
+
+def _one_line(text: str | None) -> str:
+    return "(none)" if text is None else text.replace("\n", "\\n")  # a multi-line caption stays one line
