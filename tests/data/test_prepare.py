@@ -158,3 +158,25 @@ def test_toy_finetune_world_prepares_end_to_end(tmp_path):
     for name, row in _rows(config).items():
         assert (row.width, row.height, row.bucket, row.crop_top_left) == (32, 32, (32, 32), (0, 0))
         assert row.tags == (folder / name).with_suffix(".txt").read_text().strip() and row.tags
+
+
+def test_an_interrupted_run_resumes_without_rereading_committed_images(tmp_path, monkeypatch):
+    import tunelab.data.prepare as prepare_module
+
+    data = tmp_path / "data"
+    _images(data, 9)
+    config = _config(tmp_path, data, batch_rows=2)
+    real_inspect, calls = prepare_module.inspect_image, []
+
+    def interrupted_on_the_fifth_image(path, checks):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_inspect(path, checks)
+
+    monkeypatch.setattr(prepare_module, "inspect_image", interrupted_on_the_fifth_image)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(config, progress=False)
+    monkeypatch.setattr(prepare_module, "inspect_image", real_inspect)
+    resumed = prepare_dataset(config, progress=False)
+    assert (resumed.images_read, resumed.unchanged, resumed.ok) == (5, 4, 9)  # two committed batches of two

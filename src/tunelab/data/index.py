@@ -228,6 +228,11 @@ class DatasetIndex:
             self.db.executemany(sql, rows)
         return len(rows)
 
+    def forget_image_hashes(self) -> None:
+        """Clear every content hash, so the next prepare reads every image again (its checks changed)."""
+        with self.db:
+            self.db.execute("UPDATE items SET content_hash = NULL")
+
     def delete_unseen(self, seen_run: int) -> int:
         """Drop rows whose file was not seen by run `seen_run` (removed from disk or from the config)."""
         with self.db:

@@ -1,7 +1,7 @@
 """The prepare stage: sources → checked images → buckets and split → the SQLite index, plus a skip report.
 
 Incremental: a file whose path, size and mtime match its row (and whose image checks did not change) is not read
-again. Every other image is read once: hashed and fully decoded. Nothing raises for a bad image or caption: the
+again; rows are committed in batches, so an interrupted run resumes where it stopped. Every other image is read once: hashed and fully decoded. Nothing raises for a bad image or caption: the
 item is written with `status = "skipped"` and a reason, and listed in the report next to the index."""
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ class _ItemBuilder:
     """Turns candidates (and their previous rows) into the rows to write; reads only the images that changed,
     in a process pool when `workers` > 1; counts what it did."""
 
-    def __init__(self, config: DataConfig, stats: PrepareStats, reuse_images: bool, pool: Executor | None):
-        self.config, self.stats, self.reuse_images, self.pool = config, stats, reuse_images, pool
+    def __init__(self, config: DataConfig, stats: PrepareStats, pool: Executor | None):
+        self.config, self.stats, self.pool = config, stats, pool
         self.checks = config.image_checks()
         self.subset_ids: dict[str, int] = {}
         self.notes: Counter[str] = Counter()
@@ -144,8 +144,7 @@ class _ItemBuilder:
 
     def _unchanged(self, previous: IndexItem | None, stat) -> bool:
         return (
-            self.reuse_images
-            and previous is not None
+            previous is not None
             and previous.content_hash is not None
             and previous.file_size == stat.st_size
             and previous.mtime_ns == stat.st_mtime_ns
@@ -169,7 +168,10 @@ def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStat
     with DatasetIndex(config.index) as index, (ProcessPoolExecutor(workers) if workers > 1 else nullcontext()) as pool:
         run = int(index.get_meta("last_run", 0)) + 1
         checks = config.image_checks().model_dump(mode="json")
-        builder = _ItemBuilder(config, stats, reuse_images=index.get_meta("image_checks") == checks, pool=pool)
+        if index.get_meta("image_checks") != checks:  # every image must pass the new checks: forget old verdicts
+            index.forget_image_hashes()
+            index.set_meta("image_checks", checks)  # now, so that an interrupted run resumes where it stopped
+        builder = _ItemBuilder(config, stats, pool=pool)
 
         def rows() -> Iterator[IndexItem]:
             candidates = tqdm(iter_candidates(_with_validation_folder(config)), unit="img", desc="prepare", disable=not progress)
@@ -181,7 +183,6 @@ def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStat
         index.write_items(rows(), seen_run=run, batch_rows=config.batch_rows)
         stats.removed = index.delete_unseen(run)
         index.set_meta("last_run", run)
-        index.set_meta("image_checks", checks)
         index.set_meta("data_config", config.model_dump(mode="json"))
 
         stats.ok, stats.skipped = index.count(None), index.count(None, status=SKIPPED)
