@@ -117,7 +117,7 @@ keep_tokens = 2
   [[datasets.subsets]]
   image_dir = "reg"
   is_reg = true
-  caption_extension = ".cap"
+  caption_extension = "cap"
   class_tokens = "dog"
 
   [[datasets.subsets]]

@@ -328,7 +328,7 @@ def expand_kohya_dataset_config(source: KohyaDatasetConfigSource) -> list[Folder
                 metadata = (path.parent / merged["metadata_file"]).resolve()
                 expanded.append(KohyaMetadataSource(type="kohya_metadata", path=metadata, image_dir=image_dir, **common))
             else:
-                extension = merged.get("caption_extension", ".caption")
+                extension = "." + str(merged.get("caption_extension", ".caption")).lstrip(".")
                 expanded.append(
                     FolderSource(
                         type="folder", path=image_dir, recursive=bool(merged.get("recursive", False)), repeat_folders=False,
