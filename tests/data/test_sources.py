@@ -37,6 +37,16 @@ def test_folder_sidecars_recursive_and_sorted(tmp_path):
     assert [c.path.name for c in iter_candidates([_folder(tmp_path, recursive=False)])] == ["a.jpg", "b.png"]
 
 
+def test_json_sidecar_lists_and_broken_json(tmp_path):
+    write_image(tmp_path / "listed.png")
+    (tmp_path / "listed.json").write_text(json.dumps({"tags": ["1girl", " solo "], "caption": "  spaced  "}))
+    write_image(tmp_path / "broken.png")
+    (tmp_path / "broken.json").write_text("[1, 2]")
+    got = {c.path.name: c.text for c in iter_candidates([_folder(tmp_path)])}
+    assert (got["listed.png"].tags, got["listed.png"].caption) == ("1girl, solo", "spaced")
+    assert got["broken.png"].skip_reason == "bad_json_sidecar"
+
+
 def test_repeat_folders_become_subsets_with_repeats_and_class_token(tmp_path):
     write_image(tmp_path / "10_sks dog" / "x.png")
     write_image(tmp_path / "10_sks dog" / "deeper" / "y.png")

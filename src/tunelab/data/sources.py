@@ -106,6 +106,7 @@ def read_sidecars(image: Path, names: set[str], source: FolderSource) -> ItemTex
         except (ValueError, UnicodeDecodeError):
             return ItemText(skip_reason="bad_json_sidecar")
         tags, caption = _as_tag_string(data.get("tags")), data.get("caption")
+        caption = None if caption is None else str(caption).strip()
         categories = _categories_from_json(data)
         if tags is None and categories:
             tags = ", ".join(t for group in categories.values() for t in group)
