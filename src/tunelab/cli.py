@@ -144,6 +144,10 @@ def prepare(
     typer.echo(stats.summary())
     typer.echo(f"index: {data_config.index}")
     typer.echo(f"skip report: {report_paths(data_config.index)[1]}")
+    if data_config.cache.latents or data_config.cache.text_embeddings:  # [data.cache] asks for caches: build them
+        from tunelab.data.cache_runner import build_caches
+
+        typer.echo("\n".join(build_caches(config, progress=not quiet)))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`tunelab cache CONFIG` (build latents + text embeddings from a saved tiny SDXL), `--verify` and
+"""`tunelab prepare` / `tunelab cache CONFIG` (build latents + text embeddings from a saved tiny SDXL), `--verify` and
 `tunelab prepare --verify` naming a damaged shard, `--repair` then a rebuild. Real files through the typer app."""
 
 import pytest
@@ -39,8 +39,9 @@ def test_cache_build_verify_damage_repair(tmp_path, saved_model):
     make_dataset(tmp_path, 9)
     (tmp_path / "model").symlink_to(saved_model, target_is_directory=True)
     (tmp_path / "run.toml").write_text(RUN_TOML.format(mode="off"))
-    built = run("cache", tmp_path / "run.toml", "--quiet")
+    built = run("prepare", tmp_path / "run.toml", "--quiet")  # [data.cache] asks for caches: prepare builds them
     assert built.exit_code == 0, built.output
+    assert "9 items indexed" in built.output and "0 images read, 9 unchanged" in built.output
     assert "latents: 9 items, 9 computed" in built.output and "text embeddings: 9 items, 9 computed" in built.output
     again = run("cache", tmp_path / "run.toml", "--quiet")
     assert "latents: 9 items, 0 computed, 9 already cached" in again.output
