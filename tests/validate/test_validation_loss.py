@@ -108,3 +108,10 @@ def test_validator_logs_bands_and_leaves_global_rng_and_train_mode_alone(tmp_pat
     assert events.Scalars("val/retention/mean")[0].value == scalars["val/retention/mean"]
     assert [validator.due(s) for s in (5, 10, 20)] == [False, True, True]
     assert validator.due(7, checkpoint=True)
+
+
+def test_sd15_model_validates_too(tmp_path, tiny_sd15_model):
+    config = run_config(tmp_path, retention_prompts=["red, circle"], samples_per_prompt=2, bands=2)
+    validator = Validator(config, tiny_sd15_model, base=tiny_sd15_model, progress=False)
+    first, second = validator(tiny_sd15_model), validator(tiny_sd15_model)
+    assert first == second and set(first) == {"val/retention/mean", "val/retention/band_0", "val/retention/band_1"}
