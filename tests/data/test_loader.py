@@ -50,6 +50,8 @@ def test_batches_share_a_bucket_and_follow_the_batch_contract(dataset):
             assert sorted(batch["captions"][i].split(", ")) == sorted(item.tags.split(", "))
     used = [i for b in batches for i in b["item_ids"]]
     assert len(used) == len(set(used)) == 27 and set(used) <= set(items)  # 10 per bucket: 9 used, 1 sits out
+    assert source.summary() == ("30 items in 3 buckets, 30 appearances per epoch with repeats; 9 global batches "
+                                "of 3; 3 appearances sit out each epoch (bucket remainders)")  # fmt: skip
 
 
 def test_pixels_are_the_recorded_resize_and_crop(dataset):

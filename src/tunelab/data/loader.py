@@ -115,6 +115,15 @@ class DatasetBatches:
     def batches_per_epoch(self) -> int:
         return count_batches(self.buckets, self.global_batch)
 
+    def summary(self) -> str:
+        """One line for the run log; says how much of each epoch sits out as incomplete bucket remainders (large
+        when buckets are small next to batch_size × world_size)."""
+        appearances = sum(int(b.repeats.sum()) for b in self.buckets.values())
+        used = self.batches_per_epoch() * self.global_batch
+        return (f"{sum(len(b.ids) for b in self.buckets.values())} items in {len(self.buckets)} buckets, "
+                f"{appearances} appearances per epoch with repeats; {self.batches_per_epoch()} global batches of "
+                f"{self.global_batch}; {appearances - used} appearances sit out each epoch (bucket remainders)")  # fmt: skip
+
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         plan = plan_epoch(self.buckets, seed=self.seed, epoch=epoch, global_batch=self.global_batch)
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
