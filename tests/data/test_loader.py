@@ -95,7 +95,7 @@ def test_start_batch_reads_nothing_it_skips(dataset, tmp_path):
         skipped_ids = {i for b in full[:k] for i in b["item_ids"]} - {i for b in full[k:] for i in b["item_ids"]}
         for item in index.get_many(sorted(skipped_ids)):
             Path(item.path).unlink()  # reading a skipped item would now fail
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(TunelabError, match="run `tunelab prepare` again"):
             list(source.epoch_batches(2))
         resumed = list(source.epoch_batches(2, start_batch=k))
     assert [b["item_ids"] for b in resumed] == [b["item_ids"] for b in full[k:]]

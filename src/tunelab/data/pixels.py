@@ -12,11 +12,16 @@ from PIL import Image
 
 from tunelab.data.images import load_rgb
 from tunelab.data.index import IndexItem
+from tunelab.errors import fail
 
 
 def item_pixels(item: IndexItem) -> torch.Tensor:
-    """[3, bucket_height, bucket_width] float32 in [-1, 1]."""
-    image = load_rgb(item.path)
+    """[3, bucket_height, bucket_width] float32 in [-1, 1]. An image gone or broken since `prepare` is one clear
+    error (the index is out of date), not a decoder traceback."""
+    try:
+        image = load_rgb(item.path)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors are OSError / SyntaxError / ValueError
+        raise fail(item.path, f"cannot read the image any more ({type(e).__name__}); run `tunelab prepare` again") from None
     if image.size != (item.resize_width, item.resize_height):
         # Lanczos when shrinking (no aliasing), bicubic when enlarging.
         shrinking = item.resize_width < image.width
