@@ -110,6 +110,14 @@ def test_keep_tokens_separator_fixes_prefix_and_suffix():
     assert prompt(c, item("k1, k2, k3, k4, k5, y"), seed=1).split(", ")[:5] == ["k1", "k2", "k3", "k4", "k5"]
 
 
+def test_secondary_separator_groups_move_together():
+    c = CaptionConfig(shuffle_caption=True, secondary_separator=";;;")
+    for seed in range(20):
+        out = prompt(c, item("a, b, long_hair;;;blue_eyes, c, d"), seed=seed).split(", ")
+        at = out.index("long hair")
+        assert out[at + 1] == "blue eyes" and sorted(out) == ["a", "b", "blue eyes", "c", "d", "long hair"]
+
+
 def test_tag_dropout_rate_is_respected():
     c = CaptionConfig(caption_tag_dropout_rate=0.3, keep_tokens=1)
     tags = ", ".join(f"t{i}" for i in range(21))

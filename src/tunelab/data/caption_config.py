@@ -55,6 +55,7 @@ class CaptionConfig(StrictModel):
     shuffle_caption: bool = False
     keep_tokens: int = Field(0, ge=0)  # the first N tags stay in place (not shuffled, not dropped)
     keep_tokens_separator: str = ""  # e.g. "|||": tags before it are fixed; after a second one, a fixed suffix
+    secondary_separator: str = ""  # e.g. ";;;": `a;;;b` shuffles / drops as one tag, written as `a, b`
     caption_tag_dropout_rate: float = Field(0.0, ge=0.0, le=1.0)  # each non-fixed tag dropped with this rate
     caption_dropout_rate: float = Field(0.0, ge=0.0, le=1.0)  # whole prompt → "" (CFG / unconditional)
     caption_dropout_every_n_epochs: int = Field(0, ge=0)  # every Nth epoch all prompts are ""

@@ -8,7 +8,7 @@ Each step below is a small function selected by `CaptionConfig`; `CaptionPolicy`
 4. quality tags taken out (`quality_position` front / back / strip; "keep" leaves them in place);
 5. order by category (artist > character > copyright > general > meta) when categories are known;
 6. fixed tags (`keep_tokens`, or everything before `keep_tokens_separator`; after a second separator, a fixed
-   suffix) stay; the rest get tag dropout, then shuffling;
+   suffix) stay; the rest get tag dropout, then shuffling (`a;;;b` with `secondary_separator` moves as one tag);
 7. quality tags put back at the front or the back (never shuffled or dropped: their position is the point);
 8. tags and caption combined (`combine`), prefix / suffix added; nothing at all → `class_tokens` or "".
 
@@ -238,7 +238,10 @@ class CaptionPolicy:
             tags, caption = expand_wildcards(tags, rng), pick_line(expand_wildcards(caption, rng), rng)
         else:
             caption = one_line(caption)
-        text = combine_texts(c.separator.join(self.process_tags(tags, item, rng)), caption.strip(), c, rng)
+        tag_text = c.separator.join(self.process_tags(tags, item, rng))
+        if c.secondary_separator:
+            tag_text = tag_text.replace(c.secondary_separator, c.separator)
+        text = combine_texts(tag_text, caption.strip(), c, rng)
         text = c.separator.join(part for part in (c.caption_prefix, text, c.caption_suffix) if part)
         return text if text else (c.class_tokens or "")
 
