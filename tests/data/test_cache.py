@@ -124,7 +124,7 @@ _CHILD = textwrap.dedent("""
     vae = AutoencoderKL.from_pretrained(sys.argv[2]).eval()
     def slow(name):
         print(name, flush=True)
-        time.sleep(0.3)  # slow enough that the parent kills it mid-run
+        time.sleep(0.5)  # slow enough that the parent kills it mid-run
     with DatasetIndex(config.index) as index:
         build_latent_cache(index, vae, config.cache, progress=False, on_shard=slow)
     print("finished", flush=True)
