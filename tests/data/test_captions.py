@@ -200,7 +200,7 @@ def test_subset_options_override_and_report_unknown_keys():
     assert policies.ignored_options == {1: ["flip_aug"]}
     assert policies.prompt(item(None, None, subset_id=2), seed=0, epoch=0) == "ohwx person"
     assert policies.policy(99).config == base
-    with pytest.raises(TunelabError, match="keep_tokens"):
+    with pytest.raises(TunelabError, match="^c: subset caption options: keep_tokens"):
         SubsetPolicies(base, {3: Subset(3, "c", caption_options={"keep_tokens": -1})})
 
 

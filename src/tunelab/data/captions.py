@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tunelab.data.caption_config import CaptionConfig
-from tunelab.errors import fail
+from tunelab.errors import TunelabError, fail
 
 # Danbooru's numeric tag categories (tag CSVs of tag-autocomplete tools use these numbers).
 DANBOORU_CATEGORY_NUMBERS = {"0": "general", "1": "artist", "3": "copyright", "4": "character", "5": "meta"}
@@ -272,8 +272,10 @@ class SubsetPolicies:
         self.by_subset: dict[int, CaptionPolicy] = {}
         self.ignored_options: dict[int, list[str]] = {}
         for subset_id, subset in (subsets or {}).items():
-            options = dict(subset.caption_options or {})
-            subset_config, ignored = config.for_subset(options)
+            try:
+                subset_config, ignored = config.for_subset(dict(subset.caption_options or {}))
+            except TunelabError as e:
+                raise TunelabError(f"{subset.name}: {e}") from None
             self.by_subset[subset_id] = self.base.with_config(subset_config)
             if ignored:
                 self.ignored_options[subset_id] = ignored
