@@ -10,7 +10,6 @@ from tunelab.data.index import VALIDATION, DatasetIndex
 from tunelab.data.pixels import item_pixels
 from tunelab.data.prepare import prepare_dataset
 from tunelab.errors import TunelabError
-from tunelab.toy.world import write_dataset
 from tunelab.validate.retention import cache_path, files_fingerprint, generation_settings
 from tunelab.validate.sets import folder_set
 from tunelab.validate.validator import Validator
@@ -18,8 +17,18 @@ from tunelab.validate.validator import Validator
 PROMPTS = ["red, car, beach", "blue, circle, night"]
 
 
+def write_images(folder, count: int) -> None:
+    """Flat-colour images with comma-separated tag sidecars (`name.png` + `name.txt`)."""
+    folder.mkdir(parents=True)
+    colours = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+    for i in range(count):
+        name = list(colours)[i % 4]
+        Image.new("RGB", (32, 32) if i % 3 else (48, 32), colours[name]).save(folder / f"img{i:02d}.png")
+        (folder / f"img{i:02d}.txt").write_text(f"{name}, circle, tag{i}, forest\n")
+
+
 def toy_data(tmp_path, shuffle: bool) -> DataConfig:
-    write_dataset(tmp_path / "images", "base", 16, progress=False)
+    write_images(tmp_path / "images", 16)
     config = DataConfig.model_validate({
         "index": "index.sqlite", "sources": [{"type": "folder", "path": "images"}],
         "split": {"validation_fraction": 0.4},
