@@ -55,6 +55,12 @@ def test_cache_build_verify_damage_repair(tmp_path, saved_model):
     assert run("prepare", tmp_path / "run.toml", "--verify").exit_code == 0
     rebuilt = run("cache", tmp_path / "run.toml", "--quiet")
     assert "latents: 9 items, 4 computed, 5 already cached" in rebuilt.output
+    (tmp_path / "cache" / "text" / "empty_chunk.safetensors").write_bytes(b"\0" * 10)
+    broken = run("cache", tmp_path / "run.toml", "--verify")
+    assert broken.exit_code == 1 and "empty_chunk.safetensors: unreadable" in broken.output
+    run("cache", tmp_path / "run.toml", "--repair")
+    assert run("cache", tmp_path / "run.toml", "--quiet").exit_code == 0
+    assert run("cache", tmp_path / "run.toml", "--verify").exit_code == 0
 
 
 def test_text_cache_refused_when_text_encoders_train(tmp_path, saved_model):

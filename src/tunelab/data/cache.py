@@ -34,6 +34,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.text_conditioning import CHUNK_TOKENS, chunk_token_ids, encode_prompts
 
 CHUNK = CHUNK_TOKENS + 2
+EMPTY_CHUNK = "empty_chunk.safetensors"  # the text store's encoded empty chunk
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -232,7 +233,7 @@ def build_text_cache(index: DatasetIndex, components, caption_config: CaptionCon
         return policies.prompt(item, seed=0, epoch=0)  # deterministic: any seed/epoch gives the same text
 
     with ShardStore(Path(config.dir) / "text", text_fingerprint(components, settings, config)) as store:
-        empty_path = store.folder / "empty_chunk.safetensors"
+        empty_path = store.folder / EMPTY_CHUNK
         if not empty_path.exists():
             empty = encode_text_items(components, [""], TextSettings(settings.clip_skip, 1, False), dtype)[0]
             save_safetensors(empty_path, {"prompt_embeds": empty["prompt_embeds"]})
@@ -250,7 +251,7 @@ class TextCache:
         from safetensors.torch import load_file
 
         self.store = ShardStore(folder, fingerprint, create=False)
-        self.empty_chunk = load_file(str(Path(folder) / "empty_chunk.safetensors"))["prompt_embeds"].float()
+        self.empty_chunk = load_file(str(Path(folder) / EMPTY_CHUNK))["prompt_embeds"].float()
         fingerprint = self.store.fingerprint or {}
         self.empty_as_zeros = bool(fingerprint.get("empty_as_zeros", False))
         self.has_pooled = fingerprint.get("architecture") == "sdxl"  # SDXL's pooled embedding from TE2
@@ -288,10 +289,23 @@ def verify_caches(config: CacheConfig, *, repair: bool = False) -> dict[str, lis
         if not (folder / "catalogue.sqlite").exists():
             continue
         with ShardStore(folder, create=False) as store:
-            problems = store.verify()
+            problems = store.verify() + (_check_empty_chunk(folder) if kind == "text" else [])
             if repair:
+                if kind == "text" and any(p.shard == EMPTY_CHUNK for p in problems):
+                    (folder / EMPTY_CHUNK).unlink(missing_ok=True)  # the next build encodes it again
                 known = set(store.shard_names())
                 store.drop_shards([p.shard for p in problems if p.shard in known])
                 store.remove_leftovers()
             report[kind] = problems
     return report
+
+
+def _check_empty_chunk(folder: Path) -> list[ShardProblem]:
+    """The text store's encoded empty chunk (the padding of shorter prompts) must load."""
+    from safetensors.torch import load_file
+
+    try:
+        load_file(str(folder / EMPTY_CHUNK))["prompt_embeds"]
+    except Exception as e:  # missing file, bad header, missing tensor: all mean "rebuild it"
+        return [ShardProblem(EMPTY_CHUNK, f"unreadable ({type(e).__name__})")]
+    return []
