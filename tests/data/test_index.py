@@ -83,3 +83,13 @@ def test_opening_something_else_is_one_clear_error(tmp_path):
     other.close()
     with pytest.raises(TunelabError, match="schema 0, expected 1"):
         DatasetIndex.open_existing(tmp_path / "other.sqlite")
+
+
+def test_a_reader_sees_committed_batches_while_a_writer_is_open(tmp_path):
+    path = tmp_path / "i.sqlite"
+    with DatasetIndex(path) as writer:
+        writer.write_items(_items(10))
+        with DatasetIndex.open_existing(path) as reader:  # read-only, WAL: no lock conflict with the writer
+            before = reader.count(split=None, status=None)
+            writer.write_items(_items(20), batch_rows=5)
+            assert (before, reader.count(split=None, status=None)) == (10, 20)

@@ -100,6 +100,13 @@ def test_split_by_content_hash_is_deterministic_and_order_free(tmp_path):
     prepare_dataset(config_b, progress=False)
     assert _validation_hashes(config_b) == held_out
 
+    # a copy of an image lands in the same split as the original, and is reported as a duplicate
+    shutil.copy(first / "000.png", first / "000_copy.png")
+    stats = prepare_dataset(config_a, progress=False)
+    assert _validation_hashes(config_a) == held_out
+    assert stats.duplicate_groups == [[str(first / "000.png"), str(first / "000_copy.png")]]
+    assert "1 duplicate copies" in stats.summary()
+
     salted = _config(tmp_path / "c", first, split={"validation_fraction": 0.25, "salt": "other"})
     prepare_dataset(salted, progress=False)
     assert _validation_hashes(salted) != held_out
@@ -137,7 +144,7 @@ def test_cli_prepare_and_config_errors(tmp_path):
     )
     result = CliRunner().invoke(app, ["prepare", str(tmp_path / "run.toml"), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("3 items indexed (3 train, 0 validation), 0 skipped")
+    assert result.output.startswith("3 items indexed (3 train, 0 validation), 0 skipped (none); 0 duplicate copies")
     assert (tmp_path / "dataset_index.sqlite").exists()
 
     (tmp_path / "typo.toml").write_text('[data]\nsources = [{type = "folder", path = "imgs", repeat = 2}]\n')

@@ -330,6 +330,13 @@ class DatasetIndex:
         sql = "SELECT skip_reason, COUNT(*) FROM items WHERE status = ? GROUP BY skip_reason ORDER BY 2 DESC, 1"
         return {reason: n for reason, n in self.db.execute(sql, (SKIPPED,))}
 
+    def duplicate_groups(self, limit: int = 1000) -> list[list[str]]:
+        """Paths of usable items that share a content hash (the same image more than once), largest groups first.
+        Not skipped: a copy may be deliberate (another subset, other repeats) — reported so users can decide."""
+        sql = ("SELECT group_concat(path, char(10)) FROM items WHERE status = ? GROUP BY content_hash "
+               "HAVING COUNT(*) > 1 ORDER BY COUNT(*) DESC, MIN(id) LIMIT ?")  # fmt: skip
+        return [sorted(paths.split("\n")) for (paths,) in self.db.execute(sql, (OK, limit))]
+
     def subsets(self) -> dict[int, Subset]:
         rows = self.db.execute("SELECT id, name, repeats, is_reg, caption_options FROM subsets ORDER BY id")
         return {r[0]: Subset(r[0], r[1], r[2], bool(r[3]), json.loads(r[4])) for r in rows}

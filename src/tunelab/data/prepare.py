@@ -44,14 +44,16 @@ class PrepareStats:
     validation: int = 0
     seconds: float = 0.0
     skip_counts: dict[str, int] = field(default_factory=dict)
+    duplicate_groups: list[list[str]] = field(default_factory=list)  # usable items with identical content
     note_counts: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         skips = ", ".join(f"{r} {n}" for r, n in self.skip_counts.items()) or "none"
+        copies = sum(len(g) - 1 for g in self.duplicate_groups)
         return (
             f"{self.ok} items indexed ({self.train} train, {self.validation} validation), {self.skipped} skipped "
-            f"({skips}); {self.images_read} images read, {self.unchanged} unchanged, {self.removed} removed; "
-            f"{self.seconds:.1f} s"
+            f"({skips}); {copies} duplicate copies; {self.images_read} images read, {self.unchanged} unchanged, "
+            f"{self.removed} removed; {self.seconds:.1f} s"
         )
 
 
@@ -188,6 +190,7 @@ def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStat
         stats.ok, stats.skipped = index.count(None), index.count(None, status=SKIPPED)
         stats.train, stats.validation = index.count(TRAIN), index.count(VALIDATION)
         stats.skip_counts = index.skip_counts()
+        stats.duplicate_groups = index.duplicate_groups()
         stats.note_counts = dict(builder.notes.most_common())
         stats.seconds = time.perf_counter() - started
         write_skip_report(index, stats)
@@ -215,6 +218,7 @@ def write_skip_report(index: DatasetIndex, stats: PrepareStats) -> None:
         "summary": stats.summary(),
         "skip_counts": stats.skip_counts,
         "accepted_with_notes": stats.note_counts,
+        "duplicate_groups": stats.duplicate_groups,
         "skipped": [{"reason": r, "path": p, "detail": d} for r, p, d in skipped],
     })  # fmt: skip
     with atomic_path(text_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
