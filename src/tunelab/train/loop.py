@@ -78,9 +78,8 @@ def train(run: TrainingRun) -> Progress:
 
         # gradient norm (clipped when max_grad_norm > 0), NaN/inf guard, update
         parameters = [p for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = accelerator.clip_grad_norm_(parameters, cfg.train.max_grad_norm or float("inf"))
+        grad_norm = clip_gradients(accelerator, parameters, cfg.train.max_grad_norm)
         loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()  # mean over the global batch
-        grad_norm = float(grad_norm)
         finite = torch.isfinite(torch.tensor([loss, grad_norm])).all().item() or grad_norm_is_scalers(accelerator, loss)
         if finite:
             run.optimizer.step()
@@ -126,6 +125,22 @@ def synchronised(accelerator, wrapped_modules, sync: bool):
             for module in wrapped_modules:
                 stack.enter_context(accelerator.no_sync(module))
         yield
+
+
+def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Total gradient norm, after scaling the gradients down to `max_norm` when it is exceeded (0 = never).
+    The gradients are only touched when clipping is needed (torch's clip_grad_norm_ always multiplies)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # sharded gradients
+        return float(accelerator.clip_grad_norm_(parameters, max_norm or float("inf")))
+    if getattr(accelerator, "scaler", None) is not None:
+        accelerator.unscale_gradients()  # fp16: the norm of the true gradients
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
+    value = float(norm)
+    if max_norm and value > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm, foreach=True)
+    return value
 
 
 def grad_norm_is_scalers(accelerator, loss: float) -> bool:

@@ -41,10 +41,12 @@ def scaled_latents(components: ModelComponents, batch: dict) -> torch.Tensor:
     if "latents" in batch:
         latents = batch["latents"]
     else:  # no latent cache: encode with the frozen VAE (distribution mean, as the cache does)
+        vae_weight = next(vae.parameters())
         with torch.no_grad():
-            latents = vae.encode(batch["pixel_values"].to(vae.device, vae.dtype)).latent_dist.mean
+            latents = vae.encode(batch["pixel_values"].to(vae_weight.device, vae_weight.dtype)).latent_dist.mean
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents.to(components.unet.device, components.unet.dtype) - shift) * vae.config.scaling_factor
+    weight = next(components.unet.parameters())  # diffusers' .device/.dtype walk every parameter: ms per call
+    return (latents.to(weight.device, weight.dtype) - shift) * vae.config.scaling_factor
 
 
 def conditioning(components: ModelComponents, batch: dict, config: RunConfig, latents: torch.Tensor,

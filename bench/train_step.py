@@ -1,0 +1,178 @@
+"""Trainer overhead and the text-embedding cache, measured side by side in one run.
+
+1. Loop step time ÷ bare step time: the full training loop (`tunelab.train.loop.train`: noise per sample, loss,
+   gradient clipping, NaN guard, LR schedule, TensorBoard, progress bar) against a bare
+   forward + backward + AdamW step of the same UNet on the same batch (noise and embeddings precomputed).
+   Interleaved rounds, median step time of each. Target ≤ 1.03.
+2. Text encoders frozen: cached embeddings (encoders offloaded, never in memory) vs encoding the captions every
+   step: images/s of each and the ratio; peak memory during training (CUDA: max allocated; CPU: max RSS sampled
+   every step), each variant in its own process, and the encoders' size.
+
+    .venv/bin/python bench/train_step.py [--steps 12] [--rounds 3] [--batch 8] [--device cpu|cuda] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def components(device: str):
+    from tunelab.models.tiny import tiny_sdxl
+
+    return tiny_sdxl()
+
+
+def items(count: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    captions = [f"{c} {s}, solo, simple background" for c in ("red", "green", "blue", "yellow")
+                for s in ("circle", "square", "star")] * (count // 12 + 1)
+    return {"latents": torch.randn(count, 4, 8, 8, generator=g), "captions": captions[:count]}
+
+
+def config(output_dir: Path, steps: int, batch: int, device: str):
+    from tunelab.train.config import RunConfig
+
+    return RunConfig.model_validate({
+        "model": {"path": "unused"},
+        "train": {"output_dir": str(output_dir), "max_steps": steps, "batch_size": batch},
+        "unet": {"learning_rate": 1e-5},
+        "text_encoder": {"mode": "off"},
+        "checkpoint": {"every_n_epochs": 0, "save_state": False},
+        "logging": {"progress_bar": True, "histogram_every_n_steps": 10},
+    })
+
+
+def timed_loop(run) -> list[float]:
+    """Run the real loop; return the wall time of each optimizer step (the final checkpoint write excluded)."""
+    import psutil
+
+    from tunelab.train.loop import train
+
+    stamps, rss = [time.perf_counter()], [psutil.Process().memory_info().rss]
+    original = run.logger.step
+
+    def step(*args, **kwargs):
+        original(*args, **kwargs)
+        stamps.append(time.perf_counter())
+        rss.append(psutil.Process().memory_info().rss)
+
+    run.logger.step = step
+    if run.accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    train(run)
+    run.peak_rss = max(rss)
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def loop_steps(steps: int, batch: int, device: str, cached: bool, tmp: Path) -> tuple[list[float], object]:
+    from tunelab.models.text_conditioning import encode_prompts
+    from tunelab.train.batches import InMemoryBatches
+    from tunelab.train.recipe import build_run
+
+    c = components(device)
+    data = items(batch * 4)
+    if cached:
+        with torch.no_grad():
+            embeddings = encode_prompts(c, data["captions"], empty_as_zeros=True)
+        data.update(prompt_embeds=embeddings.prompt_embeds, pooled_prompt_embeds=embeddings.pooled_prompt_embeds)
+    run = build_run(config(tmp, steps, batch, device), c, InMemoryBatches(data, batch_size=batch))
+    return timed_loop(run), run
+
+
+def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[float]:
+    """forward + backward (+ clip_grad_norm_ to 1.0, as the loop's config) + AdamW of the same UNet and batch."""
+    from tunelab.models.text_conditioning import encode_prompts, sdxl_time_ids
+
+    c = components(device)
+    data = items(batch)
+    with torch.no_grad():
+        e = encode_prompts(c, data["captions"], empty_as_zeros=True)
+    unet = c.unet.to(device).train()
+    latents = data["latents"].to(device)
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    size = torch.tensor([[32, 32]] * batch)
+    cond = {"text_embeds": e.pooled_prompt_embeds.to(device),
+            "time_ids": sdxl_time_ids(size, torch.zeros_like(size), size).to(device)}
+    embeds = e.prompt_embeds.to(device)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=0.01)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        prediction = unet(latents + noise, t, encoder_hidden_states=embeds, added_cond_kwargs=cond).sample
+        torch.nn.functional.mse_loss(prediction.float(), noise.float()).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def cache_variant(args) -> None:
+    """One variant of part 2, in this (fresh) process; prints a JSON line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        times, run = loop_steps(args.steps, args.batch, args.device, args.variant == "cached", Path(tmp))
+    te_bytes = sum(p.numel() * p.element_size() for m in run.components.text_encoders for p in m.parameters())
+    peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else run.peak_rss
+    print(json.dumps({"step_s": statistics.median(times[1:]), "peak_bytes": peak, "te_bytes": te_bytes}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variant", choices=["cached", "encode"])  # internal: part 2 subprocess
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.variant:
+        return cache_variant(args)
+
+    print(f"device {args.device}, threads {args.threads}, tiny SDXL UNet, batch {args.batch}, 8x8 latents")
+    loop, bare, unclipped = [], [], []
+    for r in range(args.rounds):  # interleaved, so machine load hits all alike
+        with tempfile.TemporaryDirectory() as tmp:
+            loop += loop_steps(args.steps, args.batch, args.device, True, Path(tmp))[0][2:]
+        bare += bare_steps(args.steps, args.batch, args.device, clip=True)[2:]
+        unclipped += bare_steps(args.steps, args.batch, args.device, clip=False)[2:]
+    loop_s, bare_s, unclipped_s = (statistics.median(x) for x in (loop, bare, unclipped))
+    print(f"1. median step: loop {1000 * loop_s:.1f} ms | bare fwd+bwd+clip+AdamW {1000 * bare_s:.1f} ms | "
+          f"bare fwd+bwd+AdamW {1000 * unclipped_s:.1f} ms")
+    print(f"   loop / bare = {loop_s / bare_s:.3f} (target <= 1.03); loop / bare without clipping = "
+          f"{loop_s / unclipped_s:.3f}  (max_grad_norm = 1.0 in the loop's config)")
+
+    runs = {"cached": [], "encode": []}
+    for r in range(args.rounds):  # each variant in a fresh process (peak memory), alternating (load)
+        for variant in runs:
+            command = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--batch",
+                       str(args.batch), "--device", args.device, "--threads", str(args.threads)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+    results = {variant: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for variant, rs in runs.items()}
+    cached, encode = results["cached"], results["encode"]
+    te_mb = encode["te_bytes"] / 2**20
+    kind = "max allocated" if args.device == "cuda" else "max RSS during training"
+    print(f"2. TE frozen: cached embeddings {args.batch / cached['step_s']:.1f} img/s, "
+          f"encoding each step {args.batch / encode['step_s']:.1f} img/s, ratio {encode['step_s'] / cached['step_s']:.2f}x")
+    print(f"   peak memory ({kind}): cached {cached['peak_bytes'] / 2**20:.1f} MB, "
+          f"encoding {encode['peak_bytes'] / 2**20:.1f} MB, difference "
+          f"{(encode['peak_bytes'] - cached['peak_bytes']) / 2**20:.1f} MB; text encoders {te_mb:.1f} MB "
+          f"(target: difference >= their size)")
+
+
+if __name__ == "__main__":
+    main()
