@@ -44,6 +44,12 @@ def make_accelerator(config: RunConfig, plan: TrainablePlan):
 
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise TunelabError("train.mixed_precision: fp16 needs a GPU; on CPU use \"bf16\" or \"no\"")
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState._shared_state.get("num_processes", 1) == 1:
+        # Several runs in one single-process Python (tests, notebooks): accelerate's state is a process-wide
+        # singleton that refuses a second run with other settings (e.g. mixed precision); start it afresh.
+        AcceleratorState._reset_state(reset_partial_state=True)
     # cpu=True on a machine without CUDA: then accelerate also recognises `torchrun` / `accelerate launch`
     # multi-process runs there (gloo) instead of silently training N independent single-process copies.
     return Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available(),
@@ -72,7 +78,8 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
         components.unet.enable_gradient_checkpointing()
         for name, part in plan.parts.items():
             if name.startswith("text_encoder") and part.trainable:
-                part.module.gradient_checkpointing_enable()
+                enable = getattr(part.module, "activation_checkpointing_enable", None)  # transformers ≥ 5 name
+                (enable or part.module.gradient_checkpointing_enable)()
     for module in components.named_parts().values():
         module.to(accelerator.device)
     validation = make_validator(config, components, accelerator, resuming=resume is not None)
