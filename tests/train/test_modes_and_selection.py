@@ -117,3 +117,22 @@ def test_selection_errors_are_one_line():
                                        "text_encoder": {"mode": "only", "learning_rate": 0.0}})
     with pytest.raises(TunelabError, match="nothing to train"):
         plan_trainable(c, config)
+
+
+def test_sd15_with_pixels_instead_of_latents(tmp_path):
+    """SD1.5 (one text encoder, no pooled/time ids), pixels encoded by the frozen VAE each step."""
+    from conftest import base_config
+
+    from tunelab.models.tiny import tiny_sd15
+    from tunelab.train.batches import InMemoryBatches
+    from tunelab.train.recipe import run_training
+
+    c = tiny_sd15(block_out_channels=(16, 32, 32), layers_per_block=1, te_layers=2)
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in c.named_parts().items()}
+    pixels = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    items = {"pixel_values": pixels, "captions": ["red circle"] * 4 + ["blue star"] * 4}
+    config = RunConfig.model_validate(base_config(tmp_path / "run", text_encoder={"mode": "on"},
+                                                  train={"max_steps": 2}))
+    run_training(config, components=c, batches=InMemoryBatches(items, batch_size=4))
+    assert changed(before["unet"], c.unet) and changed(before["text_encoder"], c.text_encoders[0])
+    assert changed(before["vae"], c.vae) == set()
