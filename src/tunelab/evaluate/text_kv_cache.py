@@ -1,11 +1,11 @@
 """Cross-attention with the text's keys and values computed once per pipeline call instead of once per step.
 
 In every cross-attention layer the keys and values are projections of the text embeddings, which do not change
-during sampling; diffusers recomputes them at each of the 20–50 steps, for every row of the batch, although a grid
-batch holds few distinct texts (one negative prompt, a few prompts). This processor projects each distinct text
-once and reuses the result while the pipeline passes the same embedding tensor. At small image sizes those
-projections (77 text tokens vs. 16–64 image tokens) are most of the attention work. Same operations, same numbers:
-only which rows share a matrix multiply changes."""
+during sampling; diffusers recomputes them at each of the 20–50 steps. This processor projects them at the first
+step and reuses them while the pipeline passes the same embedding tensor. At small image sizes those projections
+(77 text tokens vs. 16–64 image tokens) are most of the attention work. Same operations on the same rows, same
+numbers. (Projecting only the distinct rows was tried: `torch.unique(dim=0)` costs ~38 ms per call on an H100,
+more than it saves.)"""
 
 from __future__ import annotations
 
@@ -50,13 +50,10 @@ class TextKeyValueCache:
 
     def _keys_values(self, attn, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._text is not text:
-            distinct, row_of = torch.unique(text, dim=0, return_inverse=True)
-            if attn.norm_cross:
-                distinct = attn.norm_encoder_hidden_states(distinct)
-            heads = attn.heads
-            key, value = attn.to_k(distinct), attn.to_v(distinct)
-            head_dim = key.shape[-1] // heads
-            split = lambda t: t[row_of].view(text.shape[0], -1, heads, head_dim).transpose(1, 2)  # noqa: E731
+            projected = attn.norm_encoder_hidden_states(text) if attn.norm_cross else text
+            batch, heads = text.shape[0], attn.heads
+            key, value = attn.to_k(projected), attn.to_v(projected)
+            split = lambda t: t.view(batch, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # noqa: E731
             self._text, self._key_value = text, (split(key), split(value))
         return self._key_value
 
