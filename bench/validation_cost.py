@@ -5,10 +5,11 @@ One run of the real training loop (`tunelab.train.recipe.build_run` + `loop.trai
 - the median time of a training step (steps that did not validate),
 - the median time of one validation call over sets of the default sizes ([validation] max_held_out held-out items
   + `--prompts` retention prompts × samples_per_prompt, each at the training latent size, × bands),
-then the share validation takes of wall time at the default cadence (`every_n_steps`), and at `--every` as measured
+then the share validation takes of wall time at the default cadence (every_n_images = 8000 training images, i.e.
+500 steps at batch 16), and at `--every` as measured
 in this run. The retention set's one-time generation (cached per base model) is not part of the cadence cost.
 
-    .venv/bin/python bench/validation_cost.py [--steps 24] [--every 8] [--batch 16] [--model toy|sdxl]
+    .venv/bin/python bench/validation_cost.py [--steps 16] [--every 8] [--batches 16,4] [--model toy|sdxl]
         [--device cpu|cuda] [--threads 1]
 """
 
@@ -51,18 +52,8 @@ def default_sized_sets(config, latent_side: int, prompts: int):
             ValidationSet("retention", items("r", prompts * config.samples_per_prompt))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--every", type=int, default=8, help="validation cadence in this run (to measure it)")
-    parser.add_argument("--batch", type=int, default=16, help="training batch ([train] batch_size default: 16)")
-    parser.add_argument("--prompts", type=int, default=8, help="retention prompts")
-    parser.add_argument("--model", choices=["toy", "sdxl"], default="toy")
-    parser.add_argument("--text-encoders", choices=["off", "on"], default="off")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def measure(args, batch: int) -> dict:
+    """One run of the real loop at this training batch, validating every `args.every` steps."""
     from tunelab.train.batches import InMemoryBatches
     from tunelab.train.config import RunConfig
     from tunelab.train.loop import train
@@ -71,23 +62,22 @@ def main() -> None:
     from tunelab.validate.validator import Validator
 
     components, side = model(args.model, args.device)
-    count = args.batch * args.steps
+    count = batch * args.steps
     g = torch.Generator().manual_seed(1)
     data = {"latents": torch.randn(count, 4, side, side, generator=g),
             "captions": [f"tag{i % 11}, blue eyes, beach, best quality" for i in range(count)]}
-    defaults = ValidationConfig()
     cuda = args.device.startswith("cuda")
     config = RunConfig.model_validate({
         "model": {"path": "unused"},
-        "train": {"output_dir": tempfile.mkdtemp(), "max_steps": args.steps, "batch_size": args.batch,
+        "train": {"output_dir": tempfile.mkdtemp(), "max_steps": args.steps, "batch_size": batch,
                   "mixed_precision": "bf16" if cuda else "no", "gradient_checkpointing": args.model == "sdxl"},
         "unet": {"learning_rate": 1e-5}, "text_encoder": {"mode": args.text_encoders},
         "checkpoint": {"every_n_epochs": 0, "save_state": False},
         "logging": {"progress_bar": False, "tensorboard": False},
         "validation": {"every_n_steps": args.every, "held_out": False, "at_checkpoints": False},
     })
-    run = build_run(config, components, InMemoryBatches(data, batch_size=args.batch))
-    run.validation = Validator(config, components, sets=default_sized_sets(defaults, side, args.prompts))
+    run = build_run(config, components, InMemoryBatches(data, batch_size=batch))
+    run.validation = Validator(config, components, sets=default_sized_sets(ValidationConfig(), side, args.prompts))
 
     def sync():
         if cuda:
@@ -117,25 +107,41 @@ def main() -> None:
     # a step's interval [stamp_i, stamp_i+1] holds the validation after step i when it ran: leave those out
     validated = {s - 1 for s in range(args.every, args.steps + 1, args.every)}
     plain = [b - a for i, (a, b) in enumerate(zip(stamps, stamps[1:])) if i not in validated][1:]
-    step_s, validation_s = statistics.median(plain), statistics.median(validation_times)
-    items = sum(len(s.items) for s in run.validation.sets)
+    return {"batch": batch, "step_s": statistics.median(plain), "validation_s": statistics.median(validation_times),
+            "validations": len(validation_times), "measured_share": sum(validation_times) / wall,
+            "items": sum(len(s.items) for s in run.validation.sets)}
 
-    def share(every: int) -> float:
-        return validation_s / (every * step_s + validation_s)
 
-    device = torch.cuda.get_device_name() if cuda else f"cpu ({args.threads} thread(s))"
-    print(f"model {args.model} on {device}; training batch {args.batch}, text encoders {args.text_encoders}")
-    print(f"validation call: {items} items × {defaults.bands} bands = {items * defaults.bands} UNet samples "
-          f"(held-out {defaults.max_held_out} + retention {args.prompts}×{defaults.samples_per_prompt})")
-    print(f"median training step  {step_s * 1000:9.1f} ms")
-    print(f"median validation     {validation_s * 1000:9.1f} ms  = {validation_s / step_s:.1f} training steps")
-    print(f"measured in this run: {len(validation_times)} validations in {args.steps} steps, "
-          f"{sum(validation_times) / wall:.1%} of wall time (predicted {share(args.every):.1%} at every {args.every})")
-    print(f"share at the default cadence (every_n_steps = {defaults.every_n_steps}): {share(defaults.every_n_steps):.2%}"
-          f"  [target ≤ 5%]")
-    for batch in (4, 1):  # the cadence is in steps: smaller batches make steps cheaper, validation relatively dearer
-        scaled = validation_s / (defaults.every_n_steps * step_s * batch / args.batch + validation_s)
-        print(f"  estimate at training batch {batch} (step time ∝ batch): {scaled:.2%}")
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--every", type=int, default=8, help="validation cadence in this run (to measure it)")
+    parser.add_argument("--batches", default="16,4", help="training batches to measure ([train] default: 16)")
+    parser.add_argument("--prompts", type=int, default=8, help="retention prompts")
+    parser.add_argument("--model", choices=["toy", "sdxl"], default="toy")
+    parser.add_argument("--text-encoders", choices=["off", "on"], default="off")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from tunelab.validate.config import ValidationConfig
+
+    defaults = ValidationConfig()
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({args.threads} thread(s))"
+    print(f"model {args.model} on {device}; text encoders {args.text_encoders}; validation over "
+          f"held-out {defaults.max_held_out} + retention {args.prompts}×{defaults.samples_per_prompt} items "
+          f"× {defaults.bands} bands")
+    print(f"{'batch':>5}  {'step ms':>8}  {'validation ms':>13}  {'= steps':>7}  {'measured (every ' + str(args.every) + ')':>20}"
+          f"  {'default cadence':>16}  {'share':>6}")
+    for batch in (int(b) for b in args.batches.split(",")):
+        r = measure(args, batch)
+        every = defaults.cadence(batch)
+        predicted = r["validation_s"] / (args.every * r["step_s"] + r["validation_s"])
+        share = r["validation_s"] / (every * r["step_s"] + r["validation_s"])
+        print(f"{batch:>5}  {r['step_s'] * 1000:8.1f}  {r['validation_s'] * 1000:13.1f}  "
+              f"{r['validation_s'] / r['step_s']:7.1f}  {r['measured_share']:>9.1%} (pred {predicted:5.1%})  "
+              f"{f'every {every} steps':>16}  {share:6.2%}", flush=True)
+    print(f"default cadence: every_n_images = {defaults.every_n_images} training images; target share ≤ 5%")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,10 @@ def test_sd15_model_validates_too(tmp_path, tiny_sd15_model):
     validator = Validator(config, tiny_sd15_model, base=tiny_sd15_model, progress=False)
     first, second = validator(tiny_sd15_model), validator(tiny_sd15_model)
     assert first == second and set(first) == {"val/retention/mean", "val/retention/band_0", "val/retention/band_1"}
+
+
+def test_default_cadence_is_in_training_images():
+    from tunelab.validate.config import ValidationConfig
+
+    assert [ValidationConfig().cadence(b) for b in (16, 4, 1)] == [500, 2000, 8000]
+    assert ValidationConfig(every_n_steps=0).cadence(16) == 0 and ValidationConfig(every_n_steps=7).cadence(4) == 7

@@ -14,7 +14,10 @@ from tunelab.config import StrictModel
 class ValidationConfig(StrictModel):
     enabled: bool = True
     bands: int = Field(8, ge=1, le=1000)  # timestep bands over the whole schedule; one timestep per band and item
-    every_n_steps: int = Field(500, ge=0)  # during training; 0 = only at checkpoints
+    every_n_steps: int | None = Field(None, ge=0)  # during training; 0 = only at checkpoints; None = every_n_images
+    # Default cadence in training images (per process): 500 steps at batch 16, 2000 at batch 4 — a step's cost grows
+    # with its batch while a validation's does not, so a fixed step cadence would cost small-batch runs far more.
+    every_n_images: int = Field(8000, ge=1)
     at_checkpoints: bool = True
     seed: int = 0  # seeds each item's noise and timesteps, independently of the training seed
     batch_size: int = Field(32, ge=1)  # (item, band) pairs per UNet forward
@@ -35,6 +38,12 @@ class ValidationConfig(StrictModel):
     # (c) any folder of images with `.txt` / `.caption` sidecars
     folder: Path | None = None
     folder_size: int | None = Field(None, ge=8)  # square size (pixels) the folder's images are centre-cropped to
+
+    def cadence(self, images_per_step: int) -> int:
+        """Validate every this many optimizer steps (0 = never at a cadence)."""
+        if self.every_n_steps is not None:
+            return self.every_n_steps
+        return max(1, round(self.every_n_images / images_per_step))
 
     def resolved(self, base_dir: Path) -> "ValidationConfig":
         base_dir = Path(base_dir).resolve()

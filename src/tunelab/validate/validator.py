@@ -84,7 +84,7 @@ class Validator:
         """Whether optimizer step `step` (1-based) validates: at the cadence, and at checkpoints when configured."""
         if not self.config.enabled or not self.sets:
             return False
-        every = self.config.every_n_steps
+        every = self.config.cadence(self.run_config.train.batch_size * self.run_config.train.gradient_accumulation_steps)
         return (checkpoint and self.config.at_checkpoints) or (every > 0 and step % every == 0)
 
     def band_losses(self, components: ModelComponents) -> dict[str, torch.Tensor]:
