@@ -24,15 +24,15 @@ def labelled_grid(
     width, height = cells[0][0].size
     scale = max(1, math.ceil(MIN_CELL / min(width, height)))
     cell_w, cell_h = width * scale, height * scale
-    font = ImageFont.load_default(size=max(12, cell_w // 12))
+    font = ImageFont.load_default(size=max(12, cell_w // 20))
     line_h = font.size + 4
 
     column_lines = [_wrap(label, font, cell_w - PADDING) for label in column_labels] if column_labels else []
-    row_lines = [_wrap(label, font, cell_w - PADDING) for label in row_labels] if row_labels else []
+    left = max(MIN_CELL, cell_w // 2) if row_labels else 0  # row labels: half a cell wide on big images
+    row_lines = [_wrap(label, font, left - PADDING) for label in row_labels] if row_labels else []
     title_lines = _wrap(title, font, columns * cell_w) if title else []
     top = (len(title_lines) + max((len(lines) for lines in column_lines), default=0)) * line_h
     top += 2 * PADDING if top else 0
-    left = cell_w if row_lines else 0
 
     canvas = Image.new("RGB", (left + columns * cell_w, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(canvas)
@@ -42,7 +42,7 @@ def labelled_grid(
         _draw_lines(draw, lines, font, line_h, left + c * cell_w, header_y, cell_w)
     for r, lines in enumerate(row_lines):
         y = top + r * cell_h + (cell_h - len(lines) * line_h) // 2
-        _draw_lines(draw, lines, font, line_h, 0, y, cell_w)
+        _draw_lines(draw, lines, font, line_h, 0, y, left)
     for r, row in enumerate(cells):
         for c, image in enumerate(row):
             canvas.paste(image.convert("RGB").resize((cell_w, cell_h), Image.NEAREST), (left + c * cell_w, top + r * cell_h))
