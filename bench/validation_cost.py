@@ -6,8 +6,8 @@ One run of the real training loop (`tunelab.train.recipe.build_run` + `loop.trai
 - the median time of one validation call over sets of the default sizes ([validation] max_held_out held-out items
   + `--prompts` retention prompts × samples_per_prompt, each at the training latent size, × bands),
 then the share validation takes of wall time at the default cadence (every_n_images = 8000 training images, i.e.
-500 steps at batch 16), and at `--every` as measured
-in this run. The retention set's one-time generation (cached per base model) is not part of the cadence cost.
+500 steps at batch 16) and, as a check of that arithmetic, the share measured in this run at `--every`. One row per
+training batch (`--batches`). The retention set's one-time generation (cached per base model) is not part of the cadence cost.
 
     .venv/bin/python bench/validation_cost.py [--steps 16] [--every 8] [--batches 16,4] [--model toy|sdxl]
         [--device cpu|cuda] [--threads 1]
