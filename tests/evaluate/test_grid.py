@@ -117,3 +117,28 @@ def test_sample_command_writes_pngs_with_infotext(checkpoints, tmp_path):
     assert (info.prompt, info.seed, info.sampler, info.model) == ("red (circle:1.2)", 6, "DDIM", "base")
     assert read_png_infotext(tmp_path / "0002-5.png").prompt == ""
     assert Image.open(tmp_path / "0002-5.png").size == (32, 32)
+
+
+def test_every_axis_sets_its_setting():
+    from tunelab.config import parse_config
+    from tunelab.evaluate.grid_config import GridConfig
+
+    config = parse_config(GridConfig, {
+        "checkpoint": "m.safetensors", "prompt": "a cat", "negative_prompt": "a cat, blurry", "seed": 3,
+        "x": {"axis": "steps", "values": [10, 30]},
+        "y": {"axis": "sampler", "values": ["Euler", "DDIM", "DPM++ 2M Karras"]},
+        "z": {"axis": "cfg_scale", "values": [4, 6.5]},
+    })
+    cells = {(c.z, c.y, c.x): c for c in plan_cells(config)}
+    assert len(cells) == 12
+    c = cells[(1, 2, 0)]
+    assert (c.request.steps, c.request.sampler, c.request.cfg_scale, c.request.seed) == (10, "DPM++ 2M Karras", 6.5, 3)
+    config = parse_config(GridConfig, {
+        "checkpoint": "m.safetensors", "prompt": "a cat", "negative_prompt": "a cat, blurry",
+        "x": {"axis": "prompt_sr", "values": ["cat", "dog"]}, "y": {"axis": "clip_skip", "values": [1, 2]},
+        "z": {"axis": "seed", "values": [5, 6]},
+    })
+    c = next(c for c in plan_cells(config) if (c.z, c.y, c.x) == (1, 1, 1))
+    assert (c.request.prompt, c.request.negative_prompt, c.request.clip_skip, c.request.seed) == (
+        "a dog", "a dog, blurry", 2, 6)
+    assert c.checkpoint == "m.safetensors"
