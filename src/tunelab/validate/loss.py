@@ -19,7 +19,7 @@ from tunelab.models.text_conditioning import chunk_token_ids
 from tunelab.train.config import RunConfig
 from tunelab.train.losses import elementwise_loss, huber_c
 from tunelab.train.noise import training_scheduler
-from tunelab.train.objective import conditioning, scaled_latents
+from tunelab.train.objective import Conditioning, conditioning, scaled_latents
 from tunelab.validate.sets import ValidationItem
 
 
@@ -108,15 +108,17 @@ def band_losses(components: ModelComponents, items: list[ValidationItem], run_co
                 x0, eps = latents[rows], noise[pairs].to(latents.device, latents.dtype)
                 noisy = scheduler.add_noise(x0, eps, t)
                 target = scheduler.get_velocity(x0, eps, t) if scheduler.config.prediction_type == "v_prediction" else eps
-                added = None if cond[1] is None else {k: v[rows] for k, v in cond[1].items()}
-                prediction = components.unet(noisy, t, encoder_hidden_states=cond[0][rows], added_cond_kwargs=added).sample
+                added = None if cond.added_cond_kwargs is None else {k: v[rows] for k, v in cond.added_cond_kwargs.items()}
+                prediction = components.unet(noisy, t, encoder_hidden_states=cond.prompt_embeds[rows],
+                                             added_cond_kwargs=added).sample
                 loss = per_sample_loss(prediction, target, t, scheduler, run_config).float().cpu()
                 for pair, value in zip(pairs.tolist(), loss):
                     losses[group[pair // bands], pair % bands] = value
     return losses
 
 
-def _encode_group(components, group_items: list[ValidationItem], run_config: RunConfig, batch_size: int):
+def _encode_group(components, group_items: list[ValidationItem], run_config: RunConfig,
+                  batch_size: int) -> tuple[torch.Tensor, Conditioning]:
     """Scaled latents and conditioning (prompt embeds, SDXL added kwargs) of a group, encoded `batch_size` at a time."""
     latents, embeds, added = [], [], []
     for start in range(0, len(group_items), batch_size):
@@ -127,4 +129,4 @@ def _encode_group(components, group_items: list[ValidationItem], run_config: Run
         embeds.append(c.prompt_embeds)
         added.append(c.added_cond_kwargs)
     merged = None if added[0] is None else {k: torch.cat([a[k] for a in added]) for k in added[0]}
-    return torch.cat(latents), (torch.cat(embeds), merged)
+    return torch.cat(latents), Conditioning(torch.cat(embeds), merged)
