@@ -42,10 +42,12 @@ def test_non_finite_weights_are_never_saved():
 
 
 def test_run_writes_config_versions_seed_tensorboard_and_checkpoint(train_tiny):
-    _, _, run = train_tiny(train={"seed": 7}, logging={"tensorboard": True})
+    # 16 items / batch 4 = 4 batches per epoch: checkpoints at the epoch end (step 4) and the final step (5)
+    _, _, run = train_tiny(train={"seed": 7, "max_steps": 5}, checkpoint={"every_n_epochs": 1},
+                           logging={"tensorboard": True})
     out = run.config.train.output_dir
     record = json.loads((out / "run.json").read_text())
-    assert record["seed"] == 7 and record["config"]["train"]["max_steps"] == 3
+    assert record["seed"] == 7 and record["config"]["train"]["max_steps"] == 5
     assert {"torch", "diffusers", "transformers", "accelerate", "tunelab"} <= record["versions"].keys()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -53,7 +55,10 @@ def test_run_writes_config_versions_seed_tensorboard_and_checkpoint(train_tiny):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"loss/raw", "loss/smoothed", "grad_norm", "images_per_s", "lr/unet"} <= tags
-    final = out / "checkpoints/step-000003"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
+    final = out / "checkpoints/step-000005"
+    assert json.loads((out / "checkpoints/step-000004/state/progress.json").read_text()) == \
+        {"step": 4, "epoch": 1, "batch": 0}
     assert (final / "model/model_index.json").exists() and (final / "state/progress.json").exists()
     assert not list((out / "checkpoints").glob(".*"))  # no temporary folder left
 

@@ -109,7 +109,7 @@ class OptimizerConfig(StrictModel):
 
 class CheckpointConfig(StrictModel):
     every_n_steps: int = Field(0, ge=0)  # 0 = off
-    every_n_epochs: int = Field(1, ge=0)
+    every_n_epochs: int = Field(0, ge=0)  # 0 = off; the final step is always saved
     format: Literal["diffusers", "single-file"] = "diffusers"
     dtype: Literal["fp32", "fp16", "bf16"] | None = None  # None keeps the training dtype
     save_state: bool = True  # optimizer, scheduler, RNG and data position, for --resume

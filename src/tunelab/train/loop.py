@@ -80,7 +80,7 @@ def train(run: TrainingRun) -> Progress:
         parameters = [p for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = clip_gradients(accelerator, parameters, cfg.train.max_grad_norm)
         loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()  # mean over the global batch
-        finite = torch.isfinite(torch.tensor([loss, grad_norm])).all().item() or grad_norm_is_scalers(accelerator, loss)
+        finite = torch.isfinite(torch.tensor([loss, grad_norm])).all().item() or inf_gradient_left_to_scaler(accelerator, loss)
         if finite:
             run.optimizer.step()
             if run.ema is not None:
@@ -143,7 +143,7 @@ def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: 
     return value
 
 
-def grad_norm_is_scalers(accelerator, loss: float) -> bool:
+def inf_gradient_left_to_scaler(accelerator, loss: float) -> bool:
     """fp16: an inf gradient is the loss scaler's business (it skips the step and lowers the scale)."""
     return getattr(accelerator, "scaler", None) is not None and bool(torch.isfinite(torch.tensor(loss)))
 

@@ -1,0 +1,102 @@
+"""Finetune the toy base on the toy finetune world in each text-encoder mode (off / on / only) and time it.
+
+The recipe of the design notes: 48 finetune images (32×32), batch 16, 300 steps, lr 1e-5, latents cached (and text
+embeddings too where the text encoders stay frozen), 2 CPU threads. Done-when target: each mode ≤ 2 minutes.
+
+    .venv/bin/python bench/toy_finetune.py --base PATH [--steps 300] [--threads 2] [--evaluate]
+
+Without --base (no toy base shipped yet) an untrained toy-size model stands in: the times are the same, the
+evaluation is meaningless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+CONFIG = """
+[model]
+path = "{base}"
+[data]
+index = "index.sqlite"
+sources = [{{ type = "folder", path = "images" }}]
+buckets = {{ resolution = 32, step = 8, min_side = 16, max_side = 64 }}
+cache = {{ dir = "cache-{mode}", latents = true, text_embeddings = {text_cache} }}
+[train]
+output_dir = "run-{mode}"
+max_steps = {steps}
+batch_size = 16
+[text_encoder]
+mode = "{mode}"
+learning_rate = {lr}
+[unet]
+learning_rate = {lr}
+[checkpoint]
+every_n_epochs = 0
+save_state = false
+[logging]
+progress_bar = true
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--modes", default="off,on,only")
+    parser.add_argument("--evaluate", action="store_true", help="judge each result with the toy evaluation")
+    parser.add_argument("--work", type=Path, help="keep the outputs here (default: a temporary folder)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from tunelab.data.cache_runner import build_caches
+    from tunelab.data.config import load_data_config
+    from tunelab.data.prepare import prepare_dataset
+    from tunelab.models.io import load_model, save_model
+    from tunelab.toy.world import write_dataset
+    from tunelab.train.config import load_run_config
+    from tunelab.train.recipe import run_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.work or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        write_dataset(root / "images", "finetune", count=args.images, progress=False)
+        base = args.base
+        if base is None:
+            from tunelab.models.tiny import tiny_sdxl
+
+            base = save_model(tiny_sdxl(te_widths=(32, 32)), root / "stand-in-base")
+            print("no --base: an untrained toy-size model stands in (times only)")
+        results = {}
+        for mode in args.modes.split(","):
+            config = root / f"{mode}.toml"
+            config.write_text(CONFIG.format(base=Path(base).resolve(), mode=mode, steps=args.steps, lr=args.lr,
+                                            text_cache="true" if mode == "off" else "false"))
+            start = time.perf_counter()
+            prepare_dataset(load_data_config(config), progress=False)
+            build_caches(config, progress=False)
+            prepared = time.perf_counter()
+            run_training(load_run_config(config))
+            done = time.perf_counter()
+            results[mode] = {"prepare+cache s": round(prepared - start, 1), "train s": round(done - prepared, 1)}
+            if args.evaluate:
+                from tunelab.toy.evaluation import evaluate_model
+
+                final = root / f"run-{mode}/checkpoints/step-{args.steps:06d}/model"
+                results[mode]["evaluation"] = evaluate_model(load_model(final))
+            print(mode, json.dumps(results[mode]), flush=True)
+        print(f"\n{args.steps} steps, batch 16, {args.images} images, {args.threads} threads")
+        for mode, r in results.items():
+            verdict = "ok" if r["train s"] <= 120 else "over 2 min"
+            print(f"mode {mode:>4}: train {r['train s']:6.1f} s ({verdict}), prepare+cache {r['prepare+cache s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
