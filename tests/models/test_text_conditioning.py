@@ -53,6 +53,15 @@ def test_emphasis_scales_then_restores_mean():
     assert torch.equal(out[1], hidden[1] * (hidden[1].mean() / hidden[1].mean()))
 
 
+def test_emphasis_leaves_near_zero_mean_chunks_unscaled():
+    hidden = torch.randn(1, 1, 77, 8)
+    hidden = hidden - hidden.mean()  # mean ~1e-9: the restore ratio would be noise
+    weights = torch.ones(1, 1, 77)
+    weights[0, 0, 5] = 2.0
+    out = apply_emphasis(hidden, weights)
+    assert torch.allclose(out[0, 0, 5], 2 * hidden[0, 0, 5]) and torch.allclose(out[0, 0, 6], hidden[0, 0, 6])
+
+
 @torch.no_grad()
 def test_encode_sdxl_shapes_and_pooled_from_first_chunk(tiny_sdxl_model):
     m = tiny_sdxl_model

@@ -101,7 +101,10 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     original_mean = hidden.mean(dim=(2, 3), keepdim=True)
     weighted = hidden * weights.to(hidden.dtype)[..., None]
     new_mean = weighted.mean(dim=(2, 3), keepdim=True)
-    return weighted * (original_mean / new_mean)
+    # A mean near zero (e.g. an untrained final LayerNorm) makes the ratio noise / noise: leave those unscaled.
+    floor = 1e-3 * hidden.abs().mean(dim=(2, 3), keepdim=True)
+    usable = (original_mean.abs() > floor) & (new_mean.abs() > floor)
+    return torch.where(usable, weighted * (original_mean / new_mean), weighted)
 
 
 def _encoder_hidden(encoder, ids: torch.Tensor, layer: int, final_norm: bool):
