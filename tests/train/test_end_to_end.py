@@ -71,3 +71,4 @@ def test_train_from_the_dataset_loader_with_cached_text_and_exact_resume(project
     original = base.text_encoders[1].state_dict()
     assert all(torch.equal(saved[k], original[k]) for k in saved)
     assert not (straight / "step-000004/state/text_encoder.safetensors").exists()  # mode off: not trained
+    assert not list((root / "straight").glob(".offloaded*"))  # the offloaded weights' files are gone

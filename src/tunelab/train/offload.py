@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -27,11 +28,9 @@ class OffloadedModules:
             # every buffer too: non-persistent ones (e.g. CLIP's position_ids) are not in the state dict
             tensors = {**module.state_dict(), **{f"buffer:{n}": b for n, b in module.named_buffers()}}
             atomic.save_safetensors(self.folder / f"{name}.safetensors", tensors)
-            module.to("meta")
-        give_freed_memory_back()
+        self.offload()
 
-    @contextlib.contextmanager
-    def restored(self) -> Iterator[None]:
+    def load_back(self) -> None:
         for name, module in self.modules.items():
             module.to_empty(device=self.devices[name])
             tensors = load_file(self.folder / f"{name}.safetensors", device=str(self.devices[name]))
@@ -39,12 +38,25 @@ class OffloadedModules:
             for key in [k for k in tensors if k.startswith("buffer:")]:
                 buffers[key.removeprefix("buffer:")].copy_(tensors.pop(key))
             module.load_state_dict(tensors)
+
+    def offload(self) -> None:
+        for module in self.modules.values():
+            module.to("meta")
+        give_freed_memory_back()
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """The modules with their weights, for the duration of the block (e.g. writing a checkpoint)."""
+        self.load_back()
         try:
             yield
         finally:
-            for module in self.modules.values():
-                module.to("meta")
-            give_freed_memory_back()
+            self.offload()
+
+    def finish(self) -> None:
+        """End of the run: the modules get their weights back for good, the files go."""
+        self.load_back()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def give_freed_memory_back() -> None:

@@ -2,7 +2,11 @@
 accelerator, data, logging, samples), optionally restore a checkpoint, run `loop.train`.
 
 `tunelab train CONFIG.toml` calls `run_training`; tests and benchmarks call it with their own components and batch
-source."""
+source.
+
+Several processes: `accelerate launch --num_processes N -m tunelab.cli train CONFIG.toml` (or `torchrun`). On a
+machine without CUDA, accelerate 1.x needs `--multi_gpu` for that (`--cpu` alone starts ONE process); the
+Accelerator is then created with cpu=True and uses gloo. Each process reads its slice of every global batch."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from tunelab.train.loop import TrainingRun, train
 from tunelab.train.noise import training_scheduler
 from tunelab.train.offload import OffloadedModules
 from tunelab.train.optim import build_lr_scheduler, build_optimizer
-from tunelab.train.parameters import TrainablePlan, format_dry_run, parameter_groups, plan_trainable
+from tunelab.train.parameters import format_dry_run, parameter_groups, plan_trainable
 from tunelab.train.samples import SampleRenderer
 
 
@@ -39,7 +43,7 @@ def dry_run(config: RunConfig, components: ModelComponents | None = None) -> str
     return format_dry_run(plan_trainable(components, config))
 
 
-def make_accelerator(config: RunConfig, plan: TrainablePlan):
+def make_accelerator(config: RunConfig):
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -73,7 +77,7 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
     torch.manual_seed(config.train.seed)
     plan = plan_trainable(components, config)
     plan.apply()
-    accelerator = make_accelerator(config, plan)
+    accelerator = make_accelerator(config)
     if config.train.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         for name, part in plan.parts.items():
@@ -86,7 +90,7 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
     offloaded = None
     if frozen_text_encoders_unneeded(config, batches):
         offloaded = OffloadedModules({f"text_encoder_{i}": m for i, m in enumerate(components.text_encoders)},
-                                     Path(config.train.output_dir) / ".offloaded")
+                                     Path(config.train.output_dir) / f".offloaded-{accelerator.process_index}")
     optimizer = build_optimizer(parameter_groups(plan), config.optimizer)
     steps = total_steps(config, batches)
     lr_scheduler = build_lr_scheduler(optimizer, config.optimizer, steps)  # stepped by us, once per step
@@ -153,7 +157,11 @@ def run_training(config: RunConfig, *, components: ModelComponents | None = None
     run = build_run(config, components, batches, resume)
     if run.accelerator.is_main_process:
         write_run_record(config, Path(config.train.output_dir) / "run.json")
-    train(run)
+    try:
+        train(run)
+    finally:
+        if run.offloaded is not None:
+            run.offloaded.finish()
     run.accelerator.wait_for_everyone()
     return run
 
