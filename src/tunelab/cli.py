@@ -208,7 +208,7 @@ def validate(
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="Run config TOML: [model] [data] [train] [text_encoder] [unet] [loss] ..."),
+    config: Path = typer.Argument(..., help="Run config TOML (tables model, data, train, text_encoder, unet, loss, optimizer, checkpoint, logging, validation)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print trainable parameters per block and the total %; train nothing."),
     resume: Optional[str] = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' in the run's output folder."),
 ) -> None:
