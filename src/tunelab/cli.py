@@ -224,6 +224,42 @@ def train(
     run_training(run_config, resume=resume)
 
 
+toy_app = typer.Typer(help="The built-in toy world: tagged 32×32 images and a tiny SDXL base model.", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("dataset")
+def toy_dataset(
+    out: Path = typer.Option(..., "--out", help="Folder for name.png + name.txt pairs (and toy_world.json)."),
+    world: str = typer.Option("base", "--world", help="base | finetune | mix | retention | vae"),
+    seed: int = typer.Option(0, "--seed"),
+    count: Optional[int] = typer.Option(None, "--count", help="Images (default per world: base 2000, finetune 48, ...)."),
+) -> None:
+    """Write a toy world as a tagged image folder."""
+    from tunelab.toy.world import write_dataset
+
+    typer.echo(f"wrote {write_dataset(out, world, count=count, seed=seed)}")
+
+
+@toy_app.command("base")
+def toy_base(
+    out: Path = typer.Option(..., "--out", help="Diffusers folder to write (fp16)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="UNet + text-encoder steps (default 2000)."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(2, "--threads", help="CPU threads (torch.set_num_threads)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+) -> None:
+    """Pretrain the toy base model from scratch: the VAE, then UNet + both text encoders."""
+    import torch
+
+    from tunelab.toy.base_recipe import ToyBaseConfig, build_toy_base, save_toy_base
+
+    torch.set_num_threads(threads)
+    config = ToyBaseConfig(seed=seed, device=device, **({"steps": steps} if steps else {}))
+    components, record = build_toy_base(config, log=typer.echo)
+    typer.echo(f"wrote {save_toy_base(components, record, out)}")
+
+
 def main() -> None:
     try:
         app()

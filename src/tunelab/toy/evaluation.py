@@ -6,7 +6,8 @@ Groups (what later stages — scoreboard, validation retention set — build on)
 - `unknown`: zorb (never in the base world; the finetune world teaches it as a purple star);
 - `retention`: known concepts the finetune world does not contain: cars, mira, locations.
 
-A prompt is correct for an image when the judge reads every expected family's label from it."""
+A prompt is correct for an image when the judge reads every expected family's label from it; its attribute rate
+gives partial credit (the fraction of expected attributes shown)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ class EvalPrompt:
 
     def correct(self, image) -> bool:
         return judge(image).matches(self.expected)
+
+    def attribute_rate(self, image) -> float:
+        """Fraction of the expected attributes (all families but "object") the image shows: partial credit, e.g.
+        a half-known character drawn with the right hair and shirt but without her eye colour scores 2/3."""
+        labels = judge(image).labels
+        attributes = [family for family in self.expected if family != "object"]
+        return sum(labels.get(family) == self.expected[family] for family in attributes) / len(attributes)
 
 
 def character_expectation(name: str) -> dict:
@@ -88,10 +96,11 @@ def evaluate_model(components, settings: EvalSettings | None = None, progress: b
     prompts = evaluation_prompts()
     images = sample_prompts(components, [p.prompt for p in prompts] + [""], settings, progress)
     per_concept = {p.concept: sum(p.correct(im) for im in images[p.prompt]) / len(images[p.prompt]) for p in prompts}
+    attributes = {p.concept: sum(p.attribute_rate(im) for im in images[p.prompt]) / len(images[p.prompt]) for p in prompts}
     per_group = {}
     for group in GROUPS:
         rates = [per_concept[p.concept] for p in prompts if p.group == group]
         per_group[group] = sum(rates) / len(rates)
     chance = {p.concept: chance_rate(p.expected, images[""]) for p in prompts if p.group in ("half-known", "unknown")}
-    return {"per_concept": per_concept, "per_group": per_group, "unconditional_chance": chance,
+    return {"per_concept": per_concept, "per_group": per_group, "per_concept_attributes": attributes, "unconditional_chance": chance,
             "samples_per_prompt": settings.samples_per_prompt}

@@ -200,7 +200,9 @@ def write_dataset(out: str | Path, world: str, count: int | None = None, seed: i
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TunelabError(f"{out}: exists and is not a folder")
-    count = DEFAULT_COUNTS.get(world, 0) if count is None else count
+    if world not in WORLDS:
+        raise TunelabError(f"world {world!r}: expected one of {', '.join(WORLDS)}")
+    count = DEFAULT_COUNTS[world] if count is None else count
     if count < 1:
         raise TunelabError(f"count {count}: must be at least 1")
     truth = {}
