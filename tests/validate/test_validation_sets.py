@@ -1,5 +1,7 @@
 """Validation sets from real files: the index's held-out split, a user folder, the cached retention set."""
 
+import os
+
 import pytest
 import torch
 from conftest import run_config
@@ -117,7 +119,12 @@ def test_cache_key_covers_base_and_settings(tmp_path):
     assert key != cache_path(tmp_path, "base-a", generation_settings(other.validation, other, 32))
     model = tmp_path / "model"
     (model / "unet").mkdir(parents=True)
-    (model / "unet" / "w.safetensors").write_bytes(b"1234")
-    before = files_fingerprint(model)
-    (model / "unet" / "w.safetensors").write_bytes(b"1235")
-    assert files_fingerprint(model) != before
+    weights = model / "unet" / "w.safetensors"
+    weights.write_bytes(b"1234")
+    memo = tmp_path / "hashes.json"
+    before = files_fingerprint(model, memo)
+    assert files_fingerprint(model) == before == files_fingerprint(model, memo)  # memo or not: the same digest
+    weights.write_bytes(b"1235")
+    os.utime(weights, ns=(1, 1))  # a changed file with a changed mtime is hashed again
+    assert files_fingerprint(model, memo) != before
+    assert files_fingerprint(model, memo) == files_fingerprint(model)

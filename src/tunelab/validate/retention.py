@@ -26,16 +26,31 @@ from tunelab.validate.sets import ValidationItem, ValidationSet
 _CHUNK = 1 << 23
 
 
-def files_fingerprint(path: str | Path) -> str:
-    """sha256 over a model file, or over every file of a model folder (relative names and contents)."""
-    path = Path(path)
+def file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_fingerprint(path: str | Path, memo: Path | None = None) -> str:
+    """sha256 over a model file, or over every file of a model folder (relative names and contents).
+
+    `memo`: a JSON file remembering each file's hash by (size, mtime), so a multi-GB base is read once, not at
+    every run start."""
+    path = Path(path).resolve()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    known = json.loads(memo.read_text()) if memo is not None and memo.exists() else {}
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
-        with open(file, "rb") as f:
-            while block := f.read(_CHUNK):
-                digest.update(block)
+        stat = file.stat()
+        entry = known.get(str(file))
+        if entry is None or entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
+            entry = known[str(file)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(file)}
+        digest.update(f"{file.relative_to(path).as_posix() if file != path else ''}\0{entry['sha256']}\n".encode())
+    if memo is not None:
+        atomic.write_json(memo, known)
     return digest.hexdigest()
 
 

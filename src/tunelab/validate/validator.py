@@ -30,7 +30,8 @@ def base_identity(run_config: RunConfig, base: ModelComponents | None) -> tuple[
     if path.exists():
         from tunelab.models.io import load_model
 
-        return files_fingerprint(path), (lambda: base if base is not None else load_model(path))
+        memo = Path((run_config.validation or ValidationConfig()).cache_dir) / "file_hashes.json"
+        return files_fingerprint(path, memo), (lambda: base if base is not None else load_model(path))
     if base is None:
         raise ValueError(f"{path}: base model not found and no base components given for the retention set")
     return weights_fingerprint(*base.named_parts().values()), lambda: base
