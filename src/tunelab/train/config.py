@@ -1,7 +1,28 @@
 """The run config of `tunelab train`: tables [model] [train] [text_encoder] [unet] [loss] [optimizer] [checkpoint]
 [logging] are defined here; [data] belongs to `tunelab.data.config`, [validation] to `tunelab.validate.config`.
 
-Names follow what users know from sd-scripts / OneTrainer where the concept is the same (see FIELD.md)."""
+Names follow what users know from sd-scripts / OneTrainer where the concept is the same (see FIELD.md).
+
+    [model]
+    path = "base"                      # diffusers folder or single .safetensors
+    [train]
+    output_dir = "runs/tte-on"
+    max_steps = 300
+    batch_size = 16
+    [text_encoder]
+    mode = "on"                        # off | on | only
+    learning_rate = 1e-5               # learning_rate_te1 / _te2 override; 0 freezes that encoder
+    stop_after_steps = 200
+    [unet]
+    learning_rate = 5e-6               # 0 freezes the UNet
+    preset = "sdxl-68"                 # full | attn-only | attn-mlp | sdxl-71 | sdxl-68 | sdxl-63
+    exclude = ['^mid_block\\.']      # regexes in TOML literal strings; or block names
+    [loss]
+    type = "huber"
+    min_snr_gamma = 5
+    [checkpoint]
+    every_n_steps = 100
+"""
 
 from __future__ import annotations
 
