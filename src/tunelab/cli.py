@@ -37,9 +37,20 @@ def _root(
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs.")) -> None:
-    """Run the built-in toy world end to end (placeholder until the toy world lands: prints help)."""
-    typer.echo(app.info.help)
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs."),
+    steps: int = typer.Option(300, help="Optimizer steps per finetune."),
+    modes: str = typer.Option("off,on", help="Text-encoder modes to compare (off, on, only)."),
+    samples: int = typer.Option(16, help="Judged samples per evaluation prompt."),
+    quick: bool = typer.Option(False, help="A fast smoke run (few steps and samples): checks, not findings."),
+) -> None:
+    """Run the built-in toy world end to end: data → prepare → finetune per text-encoder mode → measure → grid."""
+    from tunelab.demo import run_demo
+
+    if quick:
+        steps, samples = min(steps, 12), min(samples, 2)
+    run_demo(out, modes=tuple(m.strip() for m in modes.split(",")), steps=steps, samples_per_prompt=samples,
+             quick=quick)
 
 
 @app.command()
