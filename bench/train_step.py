@@ -3,10 +3,11 @@
 1. Loop step time ÷ bare step time: the full training loop (`tunelab.train.loop.train`: noise per sample, loss,
    gradient clipping, NaN guard, LR schedule, TensorBoard, progress bar) against a bare
    forward + backward + AdamW step of the same UNet on the same batch (noise and embeddings precomputed).
-   Interleaved rounds, median step time of each. Target ≤ 1.03.
+   Interleaved rounds, median step time of each, as process CPU time (one thread: the work done, which load from
+   other processes on a shared machine barely changes) and as wall time. Target ≤ 1.03.
 2. Text encoders frozen: cached embeddings (encoders offloaded, never in memory) vs encoding the captions every
-   step: images/s of each and the ratio; peak memory during training (CUDA: max allocated; CPU: max RSS sampled
-   every step), each variant in its own process, and the encoders' size.
+   step: images/s of each and the ratio; model weights held in memory during training; peak memory during training
+   (CUDA: max allocated; CPU: max RSS sampled every step), each variant in its own process; the encoders' size.
 
     .venv/bin/python bench/train_step.py [--steps 12] [--rounds 3] [--batch 8] [--device cpu|cuda] [--threads 1]
 """
@@ -51,26 +52,36 @@ def config(output_dir: Path, steps: int, batch: int, device: str):
     })
 
 
-def timed_loop(run) -> list[float]:
-    """Run the real loop; return the wall time of each optimizer step (the final checkpoint write excluded)."""
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def deltas(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
+
+
+def timed_loop(run) -> list[tuple[float, float]]:
+    """Run the real loop; (wall, CPU) seconds of each optimizer step (the final checkpoint write excluded)."""
     import psutil
 
     from tunelab.train.loop import train
 
-    stamps, rss = [time.perf_counter()], [psutil.Process().memory_info().rss]
+    stamps, rss = [clock()], [psutil.Process().memory_info().rss]
     original = run.logger.step
 
     def step(*args, **kwargs):
         original(*args, **kwargs)
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
         rss.append(psutil.Process().memory_info().rss)
 
     run.logger.step = step
+    run.weights_held = sum(t.numel() * t.element_size() for m in run.components.named_parts().values()
+                           for t in (*m.parameters(), *m.buffers()) if t.device.type != "meta")
     if run.accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     train(run)
     run.peak_rss = max(rss)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return deltas(stamps)
 
 
 def loop_steps(steps: int, batch: int, device: str, cached: bool, tmp: Path) -> tuple[list[float], object]:
@@ -88,7 +99,7 @@ def loop_steps(steps: int, batch: int, device: str, cached: bool, tmp: Path) -> 
     return timed_loop(run), run
 
 
-def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[float]:
+def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[tuple[float, float]]:
     """forward + backward (+ clip_grad_norm_ to 1.0, as the loop's config) + AdamW of the same UNet and batch."""
     from tunelab.models.text_conditioning import encode_prompts, sdxl_time_ids
 
@@ -105,9 +116,8 @@ def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[float]:
             "time_ids": sdxl_time_ids(size, torch.zeros_like(size), size).to(device)}
     embeds = e.prompt_embeds.to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=0.01)
-    times = []
+    stamps = [clock()]
     for _ in range(steps):
-        start = time.perf_counter()
         prediction = unet(latents + noise, t, encoder_hidden_states=embeds, added_cond_kwargs=cond).sample
         torch.nn.functional.mse_loss(prediction.float(), noise.float()).backward()
         if clip:
@@ -116,8 +126,8 @@ def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[float]:
         optimizer.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+        stamps.append(clock())
+    return deltas(stamps)
 
 
 def cache_variant(args) -> None:
@@ -126,7 +136,10 @@ def cache_variant(args) -> None:
         times, run = loop_steps(args.steps, args.batch, args.device, args.variant == "cached", Path(tmp))
     te_bytes = sum(p.numel() * p.element_size() for m in run.components.text_encoders for p in m.parameters())
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else run.peak_rss
-    print(json.dumps({"step_s": statistics.median(times[1:]), "peak_bytes": peak, "te_bytes": te_bytes}))
+    print(json.dumps({"step_s": statistics.median(t[0] for t in times[1:]),
+                      "step_cpu_s": statistics.median(t[1] for t in times[1:]), "peak_bytes": peak,
+                      "weights_held": run.weights_held,
+                      "te_bytes": te_bytes}))
 
 
 def main() -> None:
@@ -149,11 +162,12 @@ def main() -> None:
             loop += loop_steps(args.steps, args.batch, args.device, True, Path(tmp))[0][2:]
         bare += bare_steps(args.steps, args.batch, args.device, clip=True)[2:]
         unclipped += bare_steps(args.steps, args.batch, args.device, clip=False)[2:]
-    loop_s, bare_s, unclipped_s = (statistics.median(x) for x in (loop, bare, unclipped))
-    print(f"1. median step: loop {1000 * loop_s:.1f} ms | bare fwd+bwd+clip+AdamW {1000 * bare_s:.1f} ms | "
-          f"bare fwd+bwd+AdamW {1000 * unclipped_s:.1f} ms")
-    print(f"   loop / bare = {loop_s / bare_s:.3f} (target <= 1.03); loop / bare without clipping = "
-          f"{loop_s / unclipped_s:.3f}  (max_grad_norm = 1.0 in the loop's config)")
+    for kind, k in (("CPU", 1), ("wall", 0)):
+        loop_s, bare_s, unclipped_s = (statistics.median(t[k] for t in x) for x in (loop, bare, unclipped))
+        print(f"1. median step ({kind}): loop {1000 * loop_s:.1f} ms | bare fwd+bwd+clip+AdamW {1000 * bare_s:.1f} ms"
+              f" | bare fwd+bwd+AdamW {1000 * unclipped_s:.1f} ms")
+        print(f"   loop / bare = {loop_s / bare_s:.3f} (target <= 1.03); loop / bare without clipping = "
+              f"{loop_s / unclipped_s:.3f}  (max_grad_norm = 1.0 in the loop's config)")
 
     runs = {"cached": [], "encode": []}
     for r in range(args.rounds):  # each variant in a fresh process (peak memory), alternating (load)
@@ -165,10 +179,14 @@ def main() -> None:
     results = {variant: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for variant, rs in runs.items()}
     cached, encode = results["cached"], results["encode"]
     te_mb = encode["te_bytes"] / 2**20
-    kind = "max allocated" if args.device == "cuda" else "max RSS during training"
-    print(f"2. TE frozen: cached embeddings {args.batch / cached['step_s']:.1f} img/s, "
-          f"encoding each step {args.batch / encode['step_s']:.1f} img/s, ratio {encode['step_s'] / cached['step_s']:.2f}x")
-    print(f"   peak memory ({kind}): cached {cached['peak_bytes'] / 2**20:.1f} MB, "
+    memory_kind = "max allocated" if args.device == "cuda" else "max RSS during training"
+    for kind, key in (("CPU", "step_cpu_s"), ("wall", "step_s")):
+        print(f"2. TE frozen ({kind}): cached embeddings {args.batch / cached[key]:.1f} img/s, encoding each step "
+              f"{args.batch / encode[key]:.1f} img/s, cached/encoding images/s = {encode[key] / cached[key]:.2f}x")
+    print(f"   model weights in memory while training: cached {cached['weights_held'] / 2**20:.1f} MB, encoding "
+          f"{encode['weights_held'] / 2**20:.1f} MB, difference "
+          f"{(encode['weights_held'] - cached['weights_held']) / 2**20:.1f} MB")
+    print(f"   peak memory ({memory_kind}): cached {cached['peak_bytes'] / 2**20:.1f} MB, "
           f"encoding {encode['peak_bytes'] / 2**20:.1f} MB, difference "
           f"{(encode['peak_bytes'] - cached['peak_bytes']) / 2**20:.1f} MB; text encoders {te_mb:.1f} MB "
           f"(target: difference >= their size)")
