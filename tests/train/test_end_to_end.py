@@ -72,3 +72,20 @@ def test_train_from_the_dataset_loader_with_cached_text_and_exact_resume(project
     assert all(torch.equal(saved[k], original[k]) for k in saved)
     assert not (straight / "step-000004/state/text_encoder.safetensors").exists()  # mode off: not trained
     assert not list((root / "straight").glob(".offloaded*"))  # the offloaded weights' files are gone
+
+
+def test_validation_runs_at_its_cadence_and_at_checkpoints(project):
+    """The loop's validation hook: val/folder scalars at every 3rd step and at the step-2/4 checkpoints."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _ = project
+    config = root / "validated.toml"
+    config.write_text(CONFIG.format(out="validated", steps=4)
+                      + '[validation]\nevery_n_steps = 3\nheld_out = false\nfolder = "images"\nfolder_size = 32\n'
+                      + "bands = 2\n")
+    result = CliRunner().invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    events = EventAccumulator(str(root / "validated/tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/folder/mean")] == [2, 3, 4]
+    assert {"val/folder/band_0", "val/folder/band_1"} <= set(events.Tags()["scalars"])
