@@ -69,7 +69,7 @@ def test_settings_change_the_image(tiny_sd15_model):
     engine = SamplingEngine(tiny_sd15_model, progress=False)
     ref = BASE.with_(prompt="red circle", seed=3)
     variants = [ref, ref.with_(cfg_scale=9.0), ref.with_(steps=6), ref.with_(sampler="DPM++ 2M Karras"),
-                ref.with_(clip_skip=2), ref.with_(prompt="red (circle:1.4)")]
+                ref.with_(clip_skip=2), ref.with_(prompt="red (circle:2.0)")]
     images = engine.render(variants)
     for other in images[1:]:
         assert max_pixel_difference(images[0], other) > 2

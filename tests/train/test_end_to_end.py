@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import small_sdxl
+from tiny_run import small_sdxl
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import changed, small_sdxl, tiny_items
+from tiny_run import changed, small_sdxl, tiny_items
 from typer.testing import CliRunner
 
 from tunelab.cli import app

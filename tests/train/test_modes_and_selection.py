@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import changed, small_sdxl
+from tiny_run import changed, small_sdxl
 
 from tunelab.errors import TunelabError
 from tunelab.models.tiny import tiny_sdxl
@@ -121,7 +121,7 @@ def test_selection_errors_are_one_line():
 
 def test_sd15_with_pixels_instead_of_latents(tmp_path):
     """SD1.5 (one text encoder, no pooled/time ids), pixels encoded by the frozen VAE each step."""
-    from conftest import base_config
+    from tiny_run import base_config
 
     from tunelab.models.tiny import tiny_sd15
     from tunelab.train.batches import InMemoryBatches

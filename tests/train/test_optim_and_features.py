@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import changed
+from tiny_run import changed
 
 from tunelab.errors import TunelabError
 from tunelab.train.config import OptimizerConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import base_config
+from tiny_run import base_config
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("tiny_run.py")

@@ -65,3 +65,22 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def base_config(output_dir, **tables) -> dict:
+    """A tiny-run config: 3 steps of batch 4, high learning rates so every trained tensor moves."""
+    config = {
+        "model": {"path": "unused"},
+        "train": {"output_dir": str(output_dir), "max_steps": 3, "batch_size": 4},
+        "unet": {"learning_rate": 1e-3},
+        "text_encoder": {"learning_rate": 1e-3},
+        "checkpoint": {"every_n_epochs": 0},
+        "logging": {"progress_bar": False, "tensorboard": False},
+    }
+    for table, values in tables.items():
+        config.setdefault(table, {}).update(values)
+    return config
+
+
+def changed(before: dict, module: torch.nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}

@@ -3,16 +3,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-
-def run_config(tmp_path, **validation):
-    """A run config whose [model] path does not exist (the model is built in memory) with a [validation] table."""
-    from tunelab.train.config import RunConfig
-
-    table = {"cache_dir": str(tmp_path / "cache"), "retention_steps": 3, **validation}
-    return RunConfig.model_validate({"model": {"path": str(tmp_path / "no-model")}, "train": {"max_steps": 1},
-                                     "validation": table})
+sys.path.insert(0, str(Path(__file__).parent))  # test modules import validation_helpers
 
 
 @pytest.fixture

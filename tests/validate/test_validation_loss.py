@@ -1,7 +1,7 @@
 """The deterministic validation loss: fixed draws per item key, independent of the training RNG, bands, eval mode."""
 
 import torch
-from conftest import run_config
+from validation_helpers import run_config
 
 from tunelab.validate.loss import band_edges, band_losses, eval_mode, item_draws
 from tunelab.validate.sets import ValidationItem

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import run_config
+from validation_helpers import run_config
 from PIL import Image
 
 from tunelab.data.config import DataConfig

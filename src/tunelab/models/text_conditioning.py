@@ -129,13 +129,13 @@ def encode_prompts(
     `empty_as_zeros`: prompts that are "" get all-zero embeddings (SDXL's `force_zeros_for_empty_prompt`, and the
     "dropped caption" of training recipes that drop to the zero embedding)."""
     batch = len(prompts)
-    device = components.unet.device
+    device = next(components.unet.parameters()).device  # diffusers' `.device` walks every module: ms per call
     hidden_per_encoder = []
     pooled = None
     for index, (encoder, tokenizer) in enumerate(zip(components.text_encoders, components.tokenizers)):
         ids, weights = tokenize_batch(tokenizer, prompts, max_chunks)
         n = ids.shape[1]
-        flat_ids = ids.view(batch * n, -1).to(encoder.device)
+        flat_ids = ids.view(batch * n, -1).to(next(encoder.parameters()).device)
         if components.is_sdxl:
             hidden, out = _encoder_hidden(encoder, flat_ids, -max(clip_skip or 2, 2), final_norm=False)
         else:
