@@ -26,7 +26,7 @@ def test_validate_command_is_deterministic_and_ranks_a_damaged_checkpoint(tmp_pa
     assert "val/retention (4 items × 4 bands)" in result.output
     assert "step-000010" in result.output and "skipped held_out: no [data] table" in result.output
     first = json.loads((tmp_path / "run" / "validation.json").read_text())
-    assert [m["name"] for m in first["models"]] == ["base", "step-000010"]
+    assert [m["name"] for m in first["models"]] == ["base", "run/step-000010"]
     assert first["bands"] == [[0, 250], [250, 500], [500, 750], [750, 1000]]
     base, damaged = (m["scalars"] for m in first["models"])
     assert damaged["val/retention/mean"] > base["val/retention/mean"]
