@@ -1,0 +1,24 @@
+"""`tunelab demo` (what `make demo` runs), as a short smoke run: every stage runs and writes its files."""
+
+import json
+
+from PIL import Image
+
+from tunelab.demo import format_scoreboard, run_demo
+
+
+def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
+    report = run_demo(tmp_path, modes=("off",), steps=3, batch_size=8, images=16, samples_per_prompt=1, quick=True)
+    scores = json.loads((tmp_path / "scoreboard.json").read_text())["scores"]
+    assert list(scores) == ["base", "te-off"]
+    for model in scores.values():
+        assert set(model["per_group"]) == {"known", "half-known", "unknown", "retention"}
+        assert all(0.0 <= v <= 1.0 for v in model["per_concept"].values())
+    validation = json.loads((tmp_path / "validation.json").read_text())
+    assert [m["name"] for m in validation["models"]] == ["base", "run-off/step-000003"]
+    assert validation["models"][0]["scalars"]["val/retention/mean"] > 0
+    grid = Image.open(report["grid"][0])
+    assert "Steps: 12" in grid.text["parameters"]
+    assert (tmp_path / "run-off" / "tensorboard").is_dir() and (tmp_path / "off.toml").is_file()
+    table = format_scoreboard(scores)
+    assert table.splitlines()[0].split()[-2:] == ["base", "te-off"] and "zorb" in table
