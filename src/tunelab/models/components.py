@@ -36,8 +36,10 @@ class ModelComponents:
         return parts
 
     def to(self, device=None, dtype=None) -> "ModelComponents":
+        # Pass only what is set: diffusers warns about a dtype cast whenever `dtype` is among the arguments.
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for module in self.named_parts().values():
-            module.to(device=device, dtype=dtype)
+            module.to(**kwargs)
         return self
 
     def pipeline(self, scheduler=None):
