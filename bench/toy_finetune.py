@@ -21,29 +21,6 @@ from pathlib import Path
 
 import torch
 
-CONFIG = """
-[model]
-path = "{base}"
-[data]
-index = "index.sqlite"
-sources = [{{ type = "folder", path = "images" }}]
-buckets = {{ resolution = 32, step = 8, min_side = 16, max_side = 64 }}
-cache = {{ dir = "cache-{mode}", latents = true, text_embeddings = {text_cache} }}
-[train]
-output_dir = "run-{mode}"
-max_steps = {steps}
-batch_size = 16
-[text_encoder]
-mode = "{mode}"
-learning_rate = {lr}
-[unet]
-learning_rate = {lr}
-[checkpoint]
-every_n_epochs = 0
-save_state = false
-[logging]
-progress_bar = true
-"""
 
 
 def main() -> None:
@@ -62,6 +39,7 @@ def main() -> None:
     from tunelab.data.cache_runner import build_caches
     from tunelab.data.config import load_data_config
     from tunelab.data.prepare import prepare_dataset
+    from tunelab.demo import toy_run_toml
     from tunelab.models.io import load_model
     from tunelab.toy.world import write_dataset
     from tunelab.train.config import load_run_config
@@ -82,8 +60,8 @@ def main() -> None:
             print("base", json.dumps(results["base"]), flush=True)
         for mode in args.modes.split(","):
             config = root / f"{mode}.toml"
-            config.write_text(CONFIG.format(base=Path(base).resolve(), mode=mode, steps=args.steps, lr=args.lr,
-                                            text_cache="true" if mode == "off" else "false"))
+            config.write_text(toy_run_toml(base=Path(base).resolve(), mode=mode, steps=args.steps,
+                                           learning_rate=args.lr))
             start, cpu_start = time.perf_counter(), time.process_time()
             prepare_dataset(load_data_config(config), progress=False)
             build_caches(config, progress=False)

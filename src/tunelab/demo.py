@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tunelab import atomic
 
-RUN_TOML = """# written by `tunelab demo`; `tunelab train {mode}.toml` re-runs this finetune
+RUN_TOML = """# written by tunelab (demo / bench); `tunelab train {mode}.toml` re-runs this finetune
 [model]
 path = "{base}"
 
@@ -50,15 +50,30 @@ save_state = false
 [logging]
 progress_bar = true
 histogram_every_n_steps = 50
+"""
 
+VALIDATION_TOML = """
 [validation]
 held_out = false
-every_n_steps = {val_every}
-retention_prompts = {retention_prompts}
-samples_per_prompt = {val_samples}
+every_n_steps = {every}
+retention_prompts = {prompts}
+samples_per_prompt = {samples}
 retention_steps = 12
 cache_dir = "validation_cache"
 """
+
+
+def toy_run_toml(*, base: Path, mode: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-5,
+                 retention_prompts: list[str] | None = None, validation_samples: int = 4) -> str:
+    """The run config of a toy finetune (folder `images/` next to it); latents cached, text embeddings too when the
+    text encoders are frozen; a [validation] table on the retention prompts when given."""
+    text = RUN_TOML.format(base=base, mode=mode, steps=steps, batch_size=batch_size, lr=learning_rate,
+                           text_cache="true" if mode == "off" else "false")
+    if retention_prompts:
+        text += VALIDATION_TOML.format(every=max(1, steps // 3), prompts=_toml_list(retention_prompts),
+                                       samples=validation_samples)
+    return text
+
 
 GRID_TOML = """# written by `tunelab demo`; `tunelab grid grid.toml` re-renders it
 prompt = "zorb"
@@ -123,10 +138,9 @@ def run_demo(out: Path, *, modes: tuple[str, ...] = ("off", "on"), steps: int = 
     configs = {}
     for mode in modes:
         config = out / f"{mode}.toml"
-        atomic.write_text(config, RUN_TOML.format(
-            base=TOY_BASE_DIR, mode=mode, steps=steps, batch_size=batch_size, lr=learning_rate,
-            text_cache="true" if mode == "off" else "false", val_every=max(1, steps // 3),
-            retention_prompts=_toml_list(retention_prompts), val_samples=2 if quick else 4))
+        atomic.write_text(config, toy_run_toml(base=TOY_BASE_DIR, mode=mode, steps=steps, batch_size=batch_size,
+                                               learning_rate=learning_rate, retention_prompts=retention_prompts,
+                                               validation_samples=2 if quick else 4))
         configs[mode] = config
 
     print("[2/5] prepare: index, buckets, caches")
