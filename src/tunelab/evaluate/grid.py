@@ -21,7 +21,8 @@ from tunelab.atomic import write_json
 from tunelab.evaluate.grid_config import AXIS_TITLES, AxisConfig, GridConfig
 from tunelab.evaluate.grid_image import labelled_grid
 from tunelab.evaluate.infotext import save_png_with_infotext
-from tunelab.evaluate.samples import checkpoint_name, render_checkpoint
+from tunelab.evaluate.samples import render_checkpoint
+from tunelab.models.io import model_label
 from tunelab.evaluate.sampling import SampleRequest
 
 
@@ -40,7 +41,7 @@ class GridCell:
 
 def axis_label(axis: AxisConfig, value) -> str:
     if axis.axis == "checkpoint":
-        return checkpoint_name(value)
+        return model_label(value)
     if axis.axis == "prompt_sr":
         return value if value else "(empty)"
     return f"{AXIS_TITLES[axis.axis]}: {value}"
@@ -117,7 +118,7 @@ def write_grid_images(config: GridConfig, cells: list[GridCell], images: dict, h
         grid = labelled_grid(table, labels["x"], labels["y"], title)
         path = out / (f"grid_z{z}.png" if labels["z"] else "grid.png")
         first = in_grid[0]
-        info = first.request.infotext(model=checkpoint_name(first.checkpoint), model_hash=hashes[first.checkpoint])
+        info = first.request.infotext(model=model_label(first.checkpoint), model_hash=hashes[first.checkpoint])
         save_png_with_infotext(grid, path, info)
         paths.append(path)
     return paths

@@ -13,6 +13,7 @@ from PIL import Image
 
 from tunelab.evaluate.infotext import Infotext, model_hash, save_png_with_infotext
 from tunelab.evaluate.sampling import SampleRequest, SamplingEngine
+from tunelab.models.io import model_label
 
 
 @dataclass
@@ -21,11 +22,6 @@ class RenderedCheckpoint:
     model_hash: str  # A1111's short hash
     images: list[Image.Image]
     infotexts: list[Infotext]
-
-
-def checkpoint_name(path: str | Path) -> str:
-    p = Path(path)
-    return p.stem if p.is_file() else p.name
 
 
 def render_checkpoint(
@@ -45,7 +41,7 @@ def render_checkpoint(
     model = load_model(checkpoint, dtype=dtype)
     if torch.cuda.is_available():
         model.to("cuda")
-    name, short_hash = checkpoint_name(checkpoint), model_hash(checkpoint)
+    name, short_hash = model_label(checkpoint), model_hash(checkpoint)
     engine = SamplingEngine(model, batch_size=batch_size, empty_prompt_as_zeros=empty_prompt_as_zeros, progress=progress)
     images = engine.render(requests)
     infotexts = [request.infotext(model=name, model_hash=short_hash) for request in requests]

@@ -169,3 +169,15 @@ def atomic_folder(target: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_label(path: str | Path) -> str:
+    """A model's short display name (grid columns, infotext "Model:", validation rows): a file's stem, a folder's
+    name, and `<run folder>/step-N` for a trainer checkpoint (`…/<run>/checkpoints/step-N[/model]`), so two runs'
+    equal step folders are told apart."""
+    path = Path(path)
+    if path.stem == "model" and path.parent.name.startswith("step-"):
+        path = path.parent
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.stem if path.suffix in (".safetensors", ".ckpt", ".pt", ".bin", ".pth") else path.name

@@ -10,6 +10,7 @@ import torch
 
 from tunelab import atomic
 from tunelab.models.components import ModelComponents
+from tunelab.models.io import model_label
 from tunelab.train.config import RunConfig, load_run_config
 from tunelab.validate.config import ValidationConfig
 from tunelab.validate.loss import band_edges
@@ -23,16 +24,6 @@ def checkpoint_model_path(path: str | Path) -> Path:
         if inside.exists():
             return inside
     return path
-
-
-def checkpoint_label(path: str | Path) -> str:
-    """A short row name: `<run folder>/step-N` for a trainer checkpoint (so runs with equal step names differ)."""
-    path = Path(path)
-    if path.name in ("model", "model.safetensors"):
-        path = path.parent
-    if path.parent.name == "checkpoints":
-        return f"{path.parent.parent.name}/{path.name}"
-    return path.name
 
 
 def load_for_validation(path: Path, run_config: RunConfig, device: str) -> ModelComponents:
@@ -56,7 +47,7 @@ def validate_checkpoints(config_path: str | Path, checkpoints: list[Path], *, ou
     for checkpoint in checkpoints:
         del base  # one model in memory at a time (the validator keeps only latents)
         base = load_for_validation(checkpoint_model_path(checkpoint), run_config, device)
-        models.append({"name": checkpoint_label(checkpoint), "path": str(checkpoint), "scalars": validator(base)})
+        models.append({"name": model_label(checkpoint), "path": str(checkpoint), "scalars": validator(base)})
     num_train_timesteps = base.scheduler.config.num_train_timesteps
     results = {"config": str(Path(config_path).resolve()), "seed": config.seed,
                "bands": [list(edge) for edge in band_edges(config.bands, num_train_timesteps)],
