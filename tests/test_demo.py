@@ -14,6 +14,7 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
     for model in scores.values():
         assert set(model["per_group"]) == {"known", "half-known", "unknown", "retention"}
         assert all(0.0 <= v <= 1.0 for v in model["per_concept"].values())
+        assert 0.0 <= model["leakage"]["zorb"] <= 1.0
     validation = json.loads((tmp_path / "validation.json").read_text())
     assert [m["name"] for m in validation["models"]] == ["base", "run-off/step-000003"]
     assert validation["models"][0]["scalars"]["val/retention/mean"] > 0
@@ -21,4 +22,4 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
     assert "Steps: 12" in grid.text["parameters"]
     assert (tmp_path / "run-off" / "tensorboard").is_dir() and (tmp_path / "off.toml").is_file()
     table = format_scoreboard(scores)
-    assert table.splitlines()[0].split()[-2:] == ["base", "te-off"] and "zorb" in table
+    assert table.splitlines()[0].split()[-2:] == ["base", "te-off"] and "other prompts drawn as zorb" in table

@@ -191,6 +191,7 @@ def format_scoreboard(scores: dict) -> str:
     rows += [(c, {m: scores[m]["per_concept"][c] for m in models}) for c in first["per_concept"]]
     rows += [(f"{c} with no prompt (chance)", {m: scores[m]["unconditional_chance"][c] for m in models})
              for c in first["unconditional_chance"]]
+    rows += [(f"other prompts drawn as {c}", {m: scores[m]["leakage"][c] for m in models}) for c in first["leakage"]]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'correct share':<{width}}  " + "  ".join(f"{m:>8}" for m in models)]
     lines += [f"{name:<{width}}  " + "  ".join(f"{values[m]:8.0%}" for m in models) for name, values in rows]

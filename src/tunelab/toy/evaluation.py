@@ -102,5 +102,8 @@ def evaluate_model(components, settings: EvalSettings | None = None, progress: b
         rates = [per_concept[p.concept] for p in prompts if p.group == group]
         per_group[group] = sum(rates) / len(rates)
     chance = {p.concept: chance_rate(p.expected, images[""]) for p in prompts if p.group in ("half-known", "unknown")}
+    # "Learned" means little if every prompt now draws the new concept: how often the other prompts turn into it.
+    unknown = next(p for p in prompts if p.group == "unknown")
+    leakage = chance_rate(unknown.expected, [im for p in prompts if p.group != "unknown" for im in images[p.prompt]])
     return {"per_concept": per_concept, "per_group": per_group, "per_concept_attributes": attributes, "unconditional_chance": chance,
-            "samples_per_prompt": settings.samples_per_prompt}
+            "leakage": {unknown.concept: leakage}, "samples_per_prompt": settings.samples_per_prompt}
