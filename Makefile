@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.tunelab-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install
+.PHONY: demo test install browser
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,5 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tunelab demo
 
-test: $(STAMP)
+# tests/report renders the HTML report in headless Chromium (Debian's package): installed once, only when missing.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -23,3 +23,5 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
     assert (tmp_path / "run-off" / "tensorboard").is_dir() and (tmp_path / "off.toml").is_file()
     table = format_scoreboard(scores)
     assert table.splitlines()[0].split()[-2:] == ["base", "te-off"] and "other prompts drawn as zorb" in table
+    html = (tmp_path / "report.html").read_text()  # every section found: scoreboard, validation, curves, grid
+    assert "Not in this folder" not in html and "run-off/step-000003" in html and "cells/z0_y5_x1.png" in html

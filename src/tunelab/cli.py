@@ -236,6 +236,17 @@ def train(
     run_training(run_config, resume=resume)
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder: the demo's output, a training run, or a grid folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html)."),
+) -> None:
+    """One HTML page (opens from disk, offline): concept scoreboard, validation loss per band, training curves, grids."""
+    from tunelab.report.build import write_report
+
+    typer.echo(f"wrote {write_report(run_dir, out)}")
+
+
 toy_app = typer.Typer(help="The built-in toy world: tagged 32×32 images and a tiny SDXL base model.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 

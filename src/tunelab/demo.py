@@ -112,6 +112,7 @@ def run_demo(out: Path, *, modes: tuple[str, ...] = ("off", "on"), steps: int = 
     from tunelab.evaluate.grid import render_grid
     from tunelab.evaluate.grid_config import load_grid_config
     from tunelab.models.io import load_model
+    from tunelab.report.build import write_report
     from tunelab.toy.base_model import TOY_BASE_DIR
     from tunelab.toy.evaluation import EvalSettings, evaluate_model, evaluation_prompts
     from tunelab.toy.world import write_dataset
@@ -180,6 +181,7 @@ def run_demo(out: Path, *, modes: tuple[str, ...] = ("off", "on"), steps: int = 
     print(format_table(validation))
     print(f"\ntimes (s): {json.dumps(timings)}")
     print(f"outputs: {out}  (scoreboard.json, validation.json, grid/, run-*/tensorboard)")
+    print(f"report: {write_report(out)}  (open it in a browser)")
     return report
 
 

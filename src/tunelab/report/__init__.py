@@ -1,0 +1,1 @@
+"""The report stage: one HTML page per run folder (scoreboard, validation loss per band, training curves, grids)."""

@@ -1,0 +1,92 @@
+"""`tunelab report RUN_DIR`: one HTML page of what a run folder holds — the concept scoreboard, the validation loss
+per timestep band, training curves and the XYZ grids — that opens from disk, offline (no CDN, no framework).
+
+Plots are inlined as PNG data URIs; grid images are linked where they lie, relative to the page. Everything that
+comes from the user (prompts, model and folder names) is escaped by jinja2's autoescaping."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from tunelab import __version__, atomic
+from tunelab.report.gallery import grid_views
+from tunelab.report.inputs import ReportInputs, ValidationResults, find_inputs
+from tunelab.report.plots import training_plot, validation_plot
+from tunelab.report.tables import Cell, Row, Table, loss_cell, scoreboard_table, validation_table
+from tunelab.report.training_curves import RunCurves, read_run_curves
+
+TEMPLATE = "report.html"
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
+
+def _has_all_bands(results: ValidationResults, set_name: str) -> bool:
+    return all(f"val/{set_name}/band_{k}" in m.scalars for m in results.models for k in range(len(results.bands)))
+
+
+def validation_section(path: Path, results: ValidationResults, folder: Path) -> dict:
+    sets = [{"name": name, "item_count": count, "table": validation_table(results, name),
+             "plot": validation_plot(results, name) if _has_all_bands(results, name) else None}
+            for name, count in results.sets.items()]
+    return {"source": _relative(path, folder), "seed": results.seed, "bands": len(results.bands), "sets": sets,
+            "skipped": results.skipped}
+
+
+def training_summary(runs: list[RunCurves]) -> Table:
+    """One row per run: its last step, last smoothed loss, and each validation set's last mean."""
+    sets = sorted({s for run in runs for s in run.validation_sets()})
+    table = Table(columns=["last step", "loss (smoothed)"] + [f"val/{s}/mean" for s in sets])
+    tags = ["loss/smoothed"] + [f"val/{s}/mean" for s in sets]
+    for run in runs:
+        step = run.last_step()
+        cells = [Cell(str(step) if step is not None else "–")]
+        cells += [loss_cell(value, None, run.name) if value is not None else Cell("–", title="not logged")
+                  for value in (run.last(tag) for tag in tags)]
+        table.rows.append(Row(run.name, cells))
+    return table
+
+
+def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
+    folder = inputs.folder
+    scoreboards = [{"source": _relative(path, folder), "table": scoreboard_table(board),
+                    "partial_credit": scoreboard_table(board, partial_credit=True)
+                    if any(s.per_concept_attributes for s in board.scores.values()) else None,
+                    "samples": sorted({s.samples_per_prompt for s in board.scores.values() if s.samples_per_prompt}),
+                    "timings": board.timings_s}
+                   for path, board in inputs.scoreboards]
+    runs = [read_run_curves(run) for run in inputs.runs]
+    training = {"plot": training_plot(runs), "summary": training_summary(runs),
+                "sources": [_relative(run / "tensorboard", folder) for run in inputs.runs]} if runs else None
+    return {
+        "title": folder.name,
+        "folder": str(folder),
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+        "absent": inputs.absent(),
+        "scoreboards": scoreboards,
+        "validations": [validation_section(path, results, folder) for path, results in inputs.validations],
+        "training": training,
+        "grids": [view for grid_folder, record in inputs.grids for view in grid_views(grid_folder, record, report_folder)],
+    }
+
+
+def render_report(context: dict) -> str:
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,  # prompts, model and folder names are user text
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    return environment.get_template(TEMPLATE).render(**context)
+
+
+def write_report(run_folder: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of `run_folder` to `out` (default: RUN_FOLDER/report.html); return its path."""
+    inputs = find_inputs(run_folder)
+    out = Path(out).resolve() if out else inputs.folder / "report.html"
+    atomic.write_text(out, render_report(report_context(inputs, out.parent)))
+    return out
