@@ -38,7 +38,7 @@ seed = 0
 
 [text_encoder]
 mode = "{mode}"
-learning_rate = {lr}
+learning_rate = {te_lr}
 
 [unet]
 learning_rate = {lr}
@@ -64,10 +64,13 @@ cache_dir = "validation_cache"
 
 
 def toy_run_toml(*, base: Path, mode: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-5,
-                 retention_prompts: list[str] | None = None, validation_samples: int = 4) -> str:
+                 text_encoder_learning_rate: float | None = None, retention_prompts: list[str] | None = None,
+                 validation_samples: int = 4) -> str:
     """The run config of a toy finetune (folder `images/` next to it); latents cached, text embeddings too when the
-    text encoders are frozen; a [validation] table on the retention prompts when given."""
-    text = RUN_TOML.format(base=base, mode=mode, steps=steps, batch_size=batch_size, lr=learning_rate,
+    text encoders are frozen; a [validation] table on the retention prompts when given. `learning_rate` is the
+    UNet's, and the text encoders' too unless `text_encoder_learning_rate` is given."""
+    te_lr = learning_rate if text_encoder_learning_rate is None else text_encoder_learning_rate
+    text = RUN_TOML.format(base=base, mode=mode, steps=steps, batch_size=batch_size, lr=learning_rate, te_lr=te_lr,
                            text_cache="true" if mode == "off" else "false")
     if retention_prompts:
         text += VALIDATION_TOML.format(every=max(1, steps // 3), prompts=_toml_list(retention_prompts),
