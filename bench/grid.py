@@ -5,7 +5,9 @@
   per-cell    one pipeline call per cell — what A1111's XYZ plot does
 
 Prints images/s for each and the ratios (targets: engine ≥ 0.95× batched, ≥ 7× per-cell), and checks that the
-engine's images equal the per-cell images (≤ 1/255). Run: .venv/bin/python bench/grid.py [--device cuda]"""
+engine's images equal the per-cell images (≤ 1/255). Then times the UNet alone at the two batch sizes the grid runs
+(2 rows per cell with CFG, 24 rows per checkpoint) and prints the ceiling for any batched renderer: per-cell time
+per image ÷ the UNet's share of one image in the batched call (everything but the UNet taken as free). Run: .venv/bin/python bench/grid.py [--device cuda]"""
 
 from __future__ import annotations
 
@@ -84,6 +86,31 @@ def measure(methods: dict, models, repeats: int) -> tuple[dict, dict, dict]:
     return wall, cpu, images
 
 
+def unet_batch_ceiling(model, repeats: int = 10) -> tuple[float, float, float]:
+    """ms per UNet call at batch 2 (one cell with CFG) and at batch 2 × cells (a checkpoint's whole grid), with the
+    engine's text K/V cache, and the per-image ratio between them."""
+    from tunelab.evaluate.text_kv_cache import text_kv_cache
+
+    unet = model.unet
+    text_dim, pooled_dim = unet.config.cross_attention_dim, model.text_encoders[1].config.projection_dim
+    latent = SIZE // (2 ** (len(model.vae.config.block_out_channels) - 1))
+
+    def ms_per_call(batch: int) -> float:
+        args = (torch.randn(batch, 4, latent, latent), torch.tensor(500))
+        kwargs = dict(encoder_hidden_states=torch.randn(batch, 77, text_dim),
+                      added_cond_kwargs=dict(text_embeds=torch.randn(batch, pooled_dim), time_ids=torch.randn(batch, 6)))
+        with text_kv_cache(unet):
+            for _ in range(3):
+                unet(*args, **kwargs)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                unet(*args, **kwargs)
+        return (time.perf_counter() - start) / repeats * 1e3
+
+    per_cell, whole = ms_per_call(2), ms_per_call(2 * len(cells()))
+    return per_cell, whole, per_cell / (whole / len(cells()))
+
+
 def max_difference(images_a, images_b) -> int:
     return max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) for a, b in zip(images_a, images_b))
 
@@ -116,6 +143,14 @@ def main() -> None:
         print(f"  batched / per-cell = {rates['batched'] / rates['per-cell']:.2f}")
     print(f"max pixel difference, engine vs per-cell: {max_difference(images['engine'], images['per-cell'])}/255, "
           f"vs batched: {max_difference(images['engine'], images['batched'])}/255")
+    if args.device == "cpu":
+        per_cell, whole, unet_ratio = unet_batch_ceiling(models[0])
+        unet_ms_per_image = STEPS * whole / len(cells())
+        ceiling = 1e3 / wall["per-cell"] / unet_ms_per_image
+        print(f"UNet alone: {per_cell:.1f} ms at batch 2 (one cell), {whole:.1f} ms at batch {2 * len(cells())} "
+              f"(all {len(cells())} cells): {unet_ratio:.2f}x cheaper per image batched")
+        print(f"ceiling for any batched renderer (all but the UNet free): per-cell {1e3 / wall['per-cell']:.0f} ms/image "
+              f"/ {unet_ms_per_image:.0f} ms/image = {ceiling:.2f}x per-cell")
 
 
 if __name__ == "__main__":
