@@ -135,7 +135,8 @@ def test_report_shows_every_section_with_its_numbers(report):
     smoothed = 0.2
     for step in range(2, 5):
         smoothed = 0.9 * smoothed + 0.1 * 0.2 / step
-    assert re.search(rf"run-on\s+4\s+{smoothed:.4f}\s+0\.1290", text)
+    base_mean = sum(BAND_LOSSES["base"]) / 4  # validation.json's first row: the reference of the val/ curves
+    assert re.search(rf"run-on\s+4\s+{smoothed:.4f}\s+0\.1290\s+\+{100 * (0.129 / base_mean - 1):.1f}%", text)
     # grid: axis values as headings, cells linked relative to the report, infotext in the title
     assert "Seed: 1" in text and "Seed: 2" in text and "Columns: Seed; rows: Prompt S/R" in text
     assert 'src="../run0/grid/cells/z0_y1_x1.png"' in html
@@ -207,6 +208,16 @@ def test_a_folder_with_some_inputs_gets_those_sections_and_names_the_rest(tmp_pa
     note = re.search(r'<p class="absent">(.*?)</p>', html).group(1)
     assert note == ("Not in this folder, so not shown: scoreboard.json (concept scores); grid.json (XYZ grids); "
                     "run-*/tensorboard (training curves).")
+
+
+def test_unreadable_tensorboard_events_are_named_not_plotted(tmp_path):
+    from tunelab.report.build import write_report
+
+    (tmp_path / "run-x" / "tensorboard").mkdir(parents=True)
+    (tmp_path / "run-x" / "tensorboard" / "events.out.tfevents.1.host").write_bytes(bytes(range(256)) * 2)
+    html = write_report(tmp_path).read_text()
+    assert "run-x/tensorboard: no scalars could be read from its event files (empty or corrupt)" in html
+    assert "<img" not in html
 
 
 @pytest.mark.parametrize("content, problem", [

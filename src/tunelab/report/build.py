@@ -35,18 +35,45 @@ def validation_section(path: Path, results: ValidationResults, folder: Path) -> 
             "skipped": results.skipped}
 
 
-def training_summary(runs: list[RunCurves]) -> Table:
-    """One row per run: its last step, last smoothed loss, and each validation set's last mean."""
+def training_summary(runs: list[RunCurves], references: dict[str, tuple[str, float]]) -> Table:
+    """One row per run: its last step, last smoothed loss, and each validation set's last mean (with its change
+    against the reference model of that set, when validation.json has one)."""
     sets = sorted({s for run in runs for s in run.validation_sets()})
     table = Table(columns=["last step", "loss (smoothed)"] + [f"val/{s}/mean" for s in sets])
-    tags = ["loss/smoothed"] + [f"val/{s}/mean" for s in sets]
     for run in runs:
-        step = run.last_step()
-        cells = [Cell(str(step) if step is not None else "–")]
-        cells += [loss_cell(value, None, run.name) if value is not None else Cell("–", title="not logged")
-                  for value in (run.last(tag) for tag in tags)]
+        step, loss = run.last_step(), run.last("loss/smoothed")
+        cells = [Cell(str(step) if step is not None else "–"),
+                 loss_cell(loss, None, run.name) if loss is not None else Cell("–", title="not logged")]
+        for set_name in sets:
+            value = run.last(f"val/{set_name}/mean")
+            name, reference = references.get(set_name, ("", None))
+            cells.append(loss_cell(value, reference, run.name, name) if value is not None
+                         else Cell("–", title="not logged"))
         table.rows.append(Row(run.name, cells))
     return table
+
+
+def validation_references(inputs: ReportInputs) -> dict[str, tuple[str, float]]:
+    """set → (name, mean loss) of the first model of the first validation.json (normally the base)."""
+    if not inputs.validations:
+        return {}
+    first = inputs.validations[0][1].models[0]
+    return {name: (first.name, first.scalars[f"val/{name}/mean"])
+            for name in inputs.validations[0][1].sets if f"val/{name}/mean" in first.scalars}
+
+
+def training_section(inputs: ReportInputs) -> dict:
+    """Curves of every run with scalars; runs whose event files hold none (empty, or unreadable: TensorBoard skips
+    corrupt records) are named instead."""
+    read = [read_run_curves(run) for run in inputs.runs]
+    runs = [run for run in read if run.scalars]
+    references = validation_references(inputs)
+    return {"plot": training_plot(runs, references) if runs else None,
+            "summary": training_summary(runs, references) if runs else None,
+            "sources": [_relative(run / "tensorboard", inputs.folder) for run in inputs.runs],
+            "without_scalars": [_relative(path / "tensorboard", inputs.folder)
+                                for path, run in zip(inputs.runs, read) if not run.scalars],
+            "reference": next(iter(references.values()))[0] if references else ""}
 
 
 def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
@@ -57,9 +84,6 @@ def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
                     "samples": sorted({s.samples_per_prompt for s in board.scores.values() if s.samples_per_prompt}),
                     "timings": board.timings_s}
                    for path, board in inputs.scoreboards]
-    runs = [read_run_curves(run) for run in inputs.runs]
-    training = {"plot": training_plot(runs), "summary": training_summary(runs),
-                "sources": [_relative(run / "tensorboard", folder) for run in inputs.runs]} if runs else None
     return {
         "title": folder.name,
         "folder": str(folder),
@@ -68,7 +92,7 @@ def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
         "absent": inputs.absent(),
         "scoreboards": scoreboards,
         "validations": [validation_section(path, results, folder) for path, results in inputs.validations],
-        "training": training,
+        "training": training_section(inputs) if inputs.runs else None,
         "grids": [view for grid_folder, record in inputs.grids for view in grid_views(grid_folder, record, report_folder)],
     }
 

@@ -61,9 +61,12 @@ def _plot_series(axes, series, label: str, **style) -> None:
     axes.plot([step for step, _ in series], [value for _, value in series], label=label, **style)
 
 
-def training_plot(runs: list[RunCurves]) -> str | None:
+def training_plot(runs: list[RunCurves], references: dict[str, tuple[str, float]] | None = None) -> str | None:
     """Every run on the same axes: training loss (raw faint, smoothed solid), each validation set's mean loss, and
-    the learning rates. None when the runs logged none of these."""
+    the learning rates. `references`: set → (model name, mean loss), drawn as a dashed line on that set's panel
+    (the base model's loss from validation.json: training logs no step-0 value to compare with). None when the
+    runs logged none of these."""
+    references = references or {}
     panels = []
     if any(run.scalars.get("loss/raw") or run.scalars.get("loss/smoothed") for run in runs):
         panels.append(("training loss", "loss"))
@@ -89,6 +92,9 @@ def training_plot(runs: list[RunCurves]) -> str | None:
                                  linestyle=("-", "--", ":", "-.")[i % 4])
             elif run.scalars.get(key):
                 _plot_series(axes, run.scalars[key], run.name, color=colour, marker="o")
+        if key.startswith("val/") and key.split("/")[1] in references:
+            name, value = references[key.split("/")[1]]
+            axes.axhline(value, color="grey", linestyle="--", linewidth=1, label=name)
         axes.set_title(title)
         axes.set_xlabel("optimizer step")
         axes.grid(alpha=0.3)

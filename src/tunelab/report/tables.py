@@ -65,13 +65,13 @@ def share_cell(value: float, first: float | None, higher_is_better: bool | None,
                 f"{column}: {value:.1%} ({100 * (value - first):+.1f} points vs the first column)")
 
 
-def loss_cell(value: float, first: float | None, row: str) -> Cell:
-    """A loss; its relative change against the first row (lower loss is better)."""
-    if first is None or first == 0:
+def loss_cell(value: float, reference: float | None, row: str, against: str = "the first row") -> Cell:
+    """A loss; its relative change against a reference loss (lower loss is better)."""
+    if reference is None or reference == 0:
         return Cell(f"{value:.4f}", title=f"{row}: {value:.6g}")
-    relative = value / first - 1
+    relative = value / reference - 1
     return Cell(f"{value:.4f}", f"{100 * relative:+.1f}%", change_style(relative, False),
-                f"{row}: {value:.6g} ({100 * relative:+.1f}% vs the first row)")
+                f"{row}: {value:.6g} ({100 * relative:+.1f}% vs {against})")
 
 
 def _concept_groups() -> dict[str, str]:
