@@ -137,7 +137,7 @@ def validation_table(results: ValidationResults, set_name: str) -> Table:
     table = Table(columns=["mean"] + [f"b{k}: t {band_label(b)}" for k, b in enumerate(results.bands)])
     first = results.models[0]
     for i, model in enumerate(results.models):
-        cells = [loss_cell(model.scalars[key], None if i == 0 else first.scalars[key], model.name)
+        cells = [loss_cell(model.scalars[key], None if i == 0 else first.scalars.get(key), model.name)
                  if key in model.scalars else Cell("–", title="not measured") for key in keys]
         table.rows.append(Row(model.name, cells, "reference" if i == 0 and len(results.models) > 1 else ""))
     return table
