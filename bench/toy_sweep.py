@@ -19,6 +19,7 @@ at a time, 1 thread by default (the machine is shared)."""
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--samples", type=int, default=16, help="samples per evaluation prompt")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--captions", type=json.loads, default=None,
+                        help='caption policy as JSON, e.g. \'{"shuffle_caption": true, "caption_tag_dropout_rate": 0.5}\'')
     parser.add_argument("--no-base", action="store_true", help="skip judging the base model")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     args = parser.parse_args()
@@ -122,7 +125,7 @@ def main() -> None:
             config = root / f"{run.mode}.toml"
             config.write_text(toy_run_toml(base=TOY_BASE_DIR, mode=run.mode, steps=run.steps,
                                            batch_size=args.batch_size, learning_rate=run.unet_lr,
-                                           text_encoder_learning_rate=run.te_lr))
+                                           text_encoder_learning_rate=run.te_lr, captions=args.captions))
             if run.mode not in prepared:  # the caches depend on the mode only (text embeddings where frozen)
                 prepare_dataset(load_data_config(config), progress=False)
                 build_caches(config, progress=False)
@@ -137,7 +140,7 @@ def main() -> None:
             print(lines[-1], flush=True)
             shutil.rmtree(root / f"run-{run.mode}", ignore_errors=True)
     print(f"\n{args.images} images, batch {args.batch_size}, {args.samples} samples per prompt, "
-          f"{args.threads} thread(s); wall s = training only")
+          f"{args.threads} thread(s); captions {json.dumps(args.captions or 'as written')}; wall s = training only")
     print("\n".join(lines))
 
 

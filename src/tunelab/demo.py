@@ -29,7 +29,7 @@ index = "index.sqlite"
 sources = [{{ type = "folder", path = "images" }}]
 buckets = {{ resolution = 32, step = 8, min_side = 16, max_side = 64 }}
 cache = {{ dir = "cache-{mode}", latents = true, text_embeddings = {text_cache} }}
-
+{captions}
 [train]
 output_dir = "run-{mode}"
 max_steps = {steps}
@@ -64,14 +64,19 @@ cache_dir = "validation_cache"
 
 
 def toy_run_toml(*, base: Path, mode: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-5,
-                 text_encoder_learning_rate: float | None = None, retention_prompts: list[str] | None = None,
-                 validation_samples: int = 4) -> str:
+                 text_encoder_learning_rate: float | None = None, captions: dict | None = None,
+                 retention_prompts: list[str] | None = None, validation_samples: int = 4) -> str:
     """The run config of a toy finetune (folder `images/` next to it); latents cached, text embeddings too when the
-    text encoders are frozen; a [validation] table on the retention prompts when given. `learning_rate` is the
-    UNet's, and the text encoders' too unless `text_encoder_learning_rate` is given."""
+    text encoders are frozen and the captions the same every epoch; a [validation] table on the retention prompts
+    when given. `learning_rate` is the UNet's, and the text encoders' too unless `text_encoder_learning_rate` is
+    given. `captions`: the [data.captions] caption policy (e.g. shuffle, tag dropout), as a dict."""
+    from tunelab.data.caption_config import CaptionConfig
+
     te_lr = learning_rate if text_encoder_learning_rate is None else text_encoder_learning_rate
+    fixed_captions = CaptionConfig(**(captions or {})).is_deterministic()
     text = RUN_TOML.format(base=base, mode=mode, steps=steps, batch_size=batch_size, lr=learning_rate, te_lr=te_lr,
-                           text_cache="true" if mode == "off" else "false")
+                           text_cache="true" if mode == "off" and fixed_captions else "false",
+                           captions=f"captions = {_toml_table(captions)}\n" if captions else "")
     if retention_prompts:
         text += VALIDATION_TOML.format(every=max(1, steps // 3), prompts=_toml_list(retention_prompts),
                                        samples=validation_samples)
@@ -105,6 +110,11 @@ values = [0]
 
 def _toml_list(values) -> str:
     return "[" + ", ".join(json.dumps(str(v)) for v in values) + "]"
+
+
+def _toml_table(values: dict) -> str:
+    """An inline TOML table of plain values (JSON spells bools, numbers and strings as TOML does)."""
+    return "{ " + ", ".join(f"{key} = {json.dumps(value)}" for key, value in values.items()) + " }"
 
 
 def run_demo(out: Path, *, modes: tuple[str, ...] = ("off", "on"), steps: int = 300, batch_size: int = 16,
