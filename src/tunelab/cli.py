@@ -283,6 +283,34 @@ def toy_base(
     typer.echo(f"wrote {save_toy_base(components, record, out)}")
 
 
+@toy_app.command("score")
+def toy_score(
+    models: list[str] = typer.Argument(..., help="Checkpoints (any loadable format); 'base' = the shipped toy base."),
+    samples: int = typer.Option(16, "--samples", help="Samples per prompt (DESIGN: >= 96 samples per measure)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the scores as scoreboard.json (`tunelab report` reads it)."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads (torch.set_num_threads)."),
+) -> None:
+    """Judge toy-world models: per concept, the share of samples that show what the prompt asked for."""
+    import torch
+
+    from tunelab import atomic
+    from tunelab.demo import format_scoreboard
+    from tunelab.models.io import load_model, model_label
+    from tunelab.toy.base_model import TOY_BASE_DIR
+    from tunelab.toy.evaluation import EvalSettings, evaluate_model
+
+    torch.set_num_threads(threads)
+    paths = {("base" if m == "base" else model_label(m)): (TOY_BASE_DIR if m == "base" else Path(m)) for m in models}
+    if len(paths) < len(models):
+        raise TunelabError("two models have the same label; score them in separate calls")
+    settings = EvalSettings(samples_per_prompt=samples)
+    scores = {label: evaluate_model(load_model(path), settings, progress=True) for label, path in paths.items()}
+    typer.echo(format_scoreboard(scores))
+    if out:
+        atomic.write_json(out, {"scores": scores, "models": {label: str(path) for label, path in paths.items()}})
+        typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     try:
         app()
