@@ -27,7 +27,7 @@ Names follow what users know from sd-scripts / OneTrainer where the concept is t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -95,6 +95,8 @@ class UNetConfig(StrictModel):
     blocks: list[str] = Field(default_factory=list)  # module-name prefixes, e.g. "down_blocks.2", "mid_block"
     include: list[str] = Field(default_factory=list)  # regexes on parameter names (re.search)
     exclude: list[str] = Field(default_factory=list)
+    # sd-scripts --block_lr: one learning rate per UNet block (SDXL: 23), replacing learning_rate; 0 freezes a block
+    block_lr: Optional[list[Annotated[float, Field(ge=0.0)]]] = None
 
 
 class LossConfig(StrictModel):

@@ -14,6 +14,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.models.components import ModelComponents
+from tunelab.train.block_lr import block_learning_rates, unet_block_labels, unet_parameter_blocks
 from tunelab.train.config import RunConfig, UNetConfig
 
 # Parameter-name patterns (diffusers UNet2DConditionModel names) each preset freezes.
@@ -88,6 +89,7 @@ class PartPlan:
     module: torch.nn.Module
     learning_rate: float
     trainable: set[str] = field(default_factory=set)
+    block_lr: list[float] | None = None  # UNet: one learning rate per block (train/block_lr.py), replacing learning_rate
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.module.named_parameters() if n in self.trainable]
@@ -137,6 +139,10 @@ def plan_trainable(components: ModelComponents, config: RunConfig) -> TrainableP
     parts = {"unet": PartPlan(components.unet, unet_lr)}
     if unet_lr > 0:
         parts["unet"].trainable = select_unet_parameters(components.unet, config.unet)
+    if unet_lr > 0 and config.unet.block_lr is not None:
+        block_lrs = block_learning_rates(components.unet, config.unet.block_lr)
+        parts["unet"].block_lr = list(config.unet.block_lr)
+        parts["unet"].trainable = {n for n in parts["unet"].trainable if block_lrs[n] > 0}
     te_lrs = te.learning_rates()
     for i, encoder in enumerate(components.text_encoders):
         name = "text_encoder" if i == 0 else f"text_encoder_{i + 1}"
@@ -154,9 +160,24 @@ def plan_trainable(components: ModelComponents, config: RunConfig) -> TrainableP
 
 
 def parameter_groups(plan: TrainablePlan) -> list[dict]:
-    """One optimizer group per trained part, with its own learning rate and name (logged as lr/<name>)."""
-    return [{"params": part.parameters(), "lr": part.learning_rate, "name": name}
-            for name, part in plan.parts.items() if part.trainable]
+    """One optimizer group per trained part, with its own learning rate and name (logged as lr/<name>); with
+    block_lr, one group per trained UNet block (`unet.input_blocks.4`, …)."""
+    groups = []
+    for name, part in plan.parts.items():
+        if not part.trainable:
+            continue
+        if part.block_lr is None:
+            groups.append({"params": part.parameters(), "lr": part.learning_rate, "name": name})
+            continue
+        labels = unet_block_labels(part.module)
+        blocks = unet_parameter_blocks(part.module)
+        by_block: dict[int, list[torch.nn.Parameter]] = {}
+        for parameter_name, p in part.module.named_parameters():
+            if parameter_name in part.trainable:
+                by_block.setdefault(blocks[parameter_name], []).append(p)
+        for block, members in sorted(by_block.items()):
+            groups.append({"params": members, "lr": part.block_lr[block], "name": f"{name}.{labels[block]}"})
+    return groups
 
 
 def block_name(part: str, parameter: str) -> str:
@@ -187,6 +208,10 @@ def format_dry_run(plan: TrainablePlan) -> str:
     lines = [f"{'block':<{width}}  {'trainable':>12}  {'total':>12}  {'%':>6}"]
     for block, n, total in rows:
         lines.append(f"{block:<{width}}  {n:>12,}  {total:>12,}  {100 * n / total:>6.2f}")
+    unet = plan.parts["unet"]
+    if unet.block_lr is not None:
+        pairs = zip(unet_block_labels(unet.module), unet.block_lr)
+        lines.append("UNet block learning rates: " + ", ".join(f"{label} {lr:g}" for label, lr in pairs))
     unet_n = sum(n for b, n, _ in rows if b.startswith("unet."))
     unet_total = sum(t for b, _, t in rows if b.startswith("unet."))
     all_n, all_total = sum(r[1] for r in rows), sum(r[2] for r in rows)
