@@ -17,7 +17,8 @@ Public API (what the trainer calls):
 A batch is the brief's batch contract: "latents" [B, 4, h, w] unscaled (from the latent cache) or "pixel_values"
 [B, 3, H, W] in [-1, 1] (decoded, resized and cropped per the bucket), "captions" (processed by the caption policy
 of the item's subset; "" = dropped), optionally "prompt_embeds" / "pooled_prompt_embeds" (text cache),
-"original_size" / "crop_top_left" / "target_size" LongTensor [B, 2] as (h, w), "item_ids".
+"original_size" / "crop_top_left" / "target_size" LongTensor [B, 2] as (h, w), "item_ids", "is_reg" BoolTensor [B]
+(the item's subset holds regularisation images: its loss is weighted by train.prior_loss_weight).
 
 How an epoch is planned (from item ids only; no item row or image is read for planning):
 - every bucket's items, each repeated by its subset's `repeats`, are shuffled and cut into *global* batches of
@@ -104,6 +105,7 @@ class DatasetBatches:
         self.index, self.batch_size, self.seed, self.rank, self.world_size = index, batch_size, seed, rank, world_size
         self.latent_cache, self.text_cache = latent_cache, text_cache
         self.policies = SubsetPolicies.for_index(data_config.captions, index)
+        self.regularisation_subsets = {sid for sid, subset in index.subsets().items() if subset.is_reg}
         self.buckets = read_bucket_items(index, split)
         self.global_batch = batch_size * world_size
         self.pool = ThreadPoolExecutor(workers) if workers > 0 else None  # image decoding releases the GIL
@@ -147,7 +149,8 @@ class DatasetBatches:
         """Rows, captions, cached tensors now (SQLite stays on this thread); pixels submitted to the pool."""
         items = self.index.get_many(ids)
         captions = [self.policies.prompt(it, seed=self.seed, epoch=epoch, occurrence=o) for it, o in zip(items, occurrences)]
-        batch: dict = {"item_ids": ids, "captions": captions, **size_conditioning(items)}
+        batch: dict = {"item_ids": ids, "captions": captions, **size_conditioning(items),
+                       "is_reg": torch.tensor([it.subset_id in self.regularisation_subsets for it in items])}
         pixels: list = []
         if self.latent_cache is not None:
             batch["latents"] = self.latent_cache.latents(items)

@@ -64,6 +64,7 @@ class TrainConfig(StrictModel):
     empty_caption_as_zeros: bool = True  # "" captions (dropped) → the zero embedding, as SDXL samples them
     clip_skip: int | None = Field(None, ge=1)
     max_chunks: int = Field(3, ge=1)  # 75-token chunks per caption (sd-scripts max_token_length 225)
+    prior_loss_weight: float = Field(1.0, ge=0.0)  # loss weight of regularisation images (sources with is_reg)
 
     @model_validator(mode="after")
     def _has_length(self):

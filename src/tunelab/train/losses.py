@@ -46,11 +46,15 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
     return clipped / s.clamp(min=1e-8)  # zero terminal SNR: s=0 → weight 0 (the target is the input itself)
 
 
-def diffusion_loss(prediction, target, timesteps, scheduler, config: LossConfig) -> torch.Tensor:
+def diffusion_loss(prediction, target, timesteps, scheduler, config: LossConfig,
+                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch mean of the per-sample losses, each times its `sample_weights` entry when given (prior preservation)."""
     c = None
     if config.type in ("huber", "smooth_l1"):
         c = huber_c(config, timesteps, scheduler.alphas_cumprod, scheduler.config.num_train_timesteps)
     per_sample = elementwise_loss(prediction, target, config, c).mean(dim=tuple(range(1, prediction.ndim)))
     if config.min_snr_gamma:
         per_sample = per_sample * min_snr_weights(scheduler, timesteps, config.min_snr_gamma)
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()

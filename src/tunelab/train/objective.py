@@ -87,7 +87,18 @@ def training_loss(components: ModelComponents, unet: torch.nn.Module, batch: dic
     noised = noise_batch(latents, noise_scheduler, config.loss, seed=seed, step=micro_step, first_index=first_index)
     prediction = unet(noised.noisy_latents, noised.timesteps, encoder_hidden_states=cond.prompt_embeds,
                       added_cond_kwargs=cond.added_cond_kwargs).sample
-    return diffusion_loss(prediction, noised.target, noised.timesteps, noise_scheduler, config.loss), noised.timesteps
+    loss = diffusion_loss(prediction, noised.target, noised.timesteps, noise_scheduler, config.loss,
+                          sample_weights=prior_weights(batch, config.train.prior_loss_weight))
+    return loss, noised.timesteps
+
+
+def prior_weights(batch: dict, prior_loss_weight: float) -> torch.Tensor | None:
+    """Per-sample loss weights: `prior_loss_weight` for regularisation images (is_reg sources), 1 for the rest
+    (sd-scripts' --prior_loss_weight, here for full finetunes too)."""
+    if "is_reg" not in batch or prior_loss_weight == 1.0:
+        return None
+    is_reg = torch.as_tensor(batch["is_reg"], dtype=torch.bool)
+    return torch.where(is_reg, torch.tensor(prior_loss_weight), torch.tensor(1.0))
 
 
 def components_view(components: ModelComponents, wrapped_encoders: list[torch.nn.Module]) -> ModelComponents:
