@@ -237,6 +237,27 @@ def train(
 
 
 @app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="SWEEP.toml: base = RUN.toml, output_dir, [matrix] / [[variants]] overrides, optional [grid]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the variants, their overrides and trainable parameters; train nothing."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars for validation and the grid."),
+) -> None:
+    """Train a run config under several settings (finished variants skipped, interrupted ones resumed), then validate,
+    grid and report them side by side: which setting was best, with numbers."""
+    from tunelab.sweep.config import load_sweep
+    from tunelab.sweep.runner import run_sweep
+    from tunelab.sweep.summary import format_dry_run, format_summary
+
+    planned = load_sweep(config)
+    if dry_run:
+        typer.echo(format_dry_run(planned))
+        return
+    result = run_sweep(planned, progress=not quiet)
+    typer.echo("\n" + format_summary(result.record, result.validation))
+    typer.echo(f"sweep record: {result.record.path}" + (f"\nreport: {result.report}" if result.report else ""))
+
+
+@app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder: the demo's output, a training run, or a grid folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html)."),
