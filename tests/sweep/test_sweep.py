@@ -185,6 +185,31 @@ def test_rerun_skips_finished_variants_and_resumes_a_cut_short_one(swept):
     assert finals["mode-on"].is_dir()
 
 
+def test_dry_run_lists_variants_and_trainable_parameters_without_training(swept):
+    root, _ = swept
+    before = sorted(p.name for p in (root / "out").iterdir())
+    result = CliRunner().invoke(app, ["sweep", str(root / "sweep.toml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1:3] == ["mode-off: text_encoder.mode = 'off'", lines[2]] and lines[2].startswith("    total: ")
+    assert "te-only: text_encoder.mode = 'only', text_encoder.learning_rate = 0.001" in lines
+    assert lines[lines.index("bad-blocks: unet.block_lr = [1e-05]") + 1].startswith("    would fail: unet.block_lr: 1 values")
+    percent = {name: lines[lines.index(next(l for l in lines if l.startswith(name + ":"))) + 1] for name in DONE}
+    assert percent["mode-off"] != percent["mode-on"]  # the text encoders count as trainable only in mode on
+    assert sorted(p.name for p in (root / "out").iterdir()) == before
+
+
+def test_a_variant_folder_holding_another_run_is_not_taken_for_this_variant(swept):
+    from tunelab.sweep.runner import config_conflict
+
+    root, _ = swept
+    variant = load_sweep(root / "sweep.toml").variants[2]  # te-only, finished
+    assert config_conflict(variant.config) is None
+    changed = variant.config.model_copy(update={"text_encoder": variant.config.text_encoder.model_copy(
+        update={"learning_rate": 5e-4})})
+    assert "holds a run with another text_encoder.learning_rate" in config_conflict(changed)
+
+
 def test_a_bad_override_key_fails_the_whole_sweep_before_training(swept):
     root, _ = swept
     bad = root / "bad.toml"
@@ -214,8 +239,25 @@ def test_variant_names_are_readable_unique_and_checked(tmp_path):
         ('[[variants]]\nname = "x"\nset = { "train.output_dir" = "elsewhere" }\n', "train.output_dir is set by the sweep"),
         ('[[variants]]\nname = "x"\nset = { "text_encoder.mode" = "sideways" }\n', "variant x: text_encoder.mode: Input"),
         ('[matrix]\n"unet.learning_rate" = 1e-5\n', "matrix.unet.learning_rate: expected a non-empty list"),
+        ('[[variants]]\nname = "x"\n[grid]\nprompts = ["a"]\nsampler = "Eulr"\n', "s.toml: grid: sampler: "),
         ('', "no variants"),
     ]:
         (tmp_path / "s.toml").write_text('base = "run.toml"\n' + body)
         with pytest.raises(TunelabError, match=problem.replace("(", r"\(").replace("+", r"\+")):
             load_sweep(tmp_path / "s.toml")
+
+
+def test_readme_sweep_example_loads_against_the_readme_run_config(tmp_path):
+    import re
+    from pathlib import Path
+
+    blocks = re.findall(r"```toml\n(.*?)```", (Path(__file__).parents[2] / "README.md").read_text(), re.S)
+    (tmp_path / "run.toml").write_text(blocks[0])
+    (tmp_path / "sweep.toml").write_text(next(b for b in blocks if "[matrix]" in b))
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    assert [v.name for v in sweep.variants] == [
+        "mode-off_learning_rate-1e-06", "mode-off_learning_rate-2e-06", "mode-on_learning_rate-1e-06",
+        "mode-on_learning_rate-2e-06", "te-only"]
+    only = sweep.variants[-1].config
+    assert (only.text_encoder.mode, only.text_encoder.learning_rate, only.unet.preset) == ("only", 3e-6, "sdxl-71")
+    assert only.train.output_dir == tmp_path / "runs" / "sweep" / "te-only"

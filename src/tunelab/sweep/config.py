@@ -193,4 +193,8 @@ def load_sweep(path: str | Path) -> Sweep:
     check_names([name for name, _ in planned], path)
     variants = [Variant(name, overrides, variant_config(base_data, base_path.parent, name, overrides, output_dir, path))
                 for name, overrides in planned]
+    if config.grid is not None:  # a bad grid setting (e.g. a sampler name) is found now, not after the training
+        from tunelab.sweep.grid import sweep_grid_config
+
+        sweep_grid_config(config.grid, [str(base.model.path)], output_dir / "grid", 64, source=f"{path}: grid")
     return Sweep(path, config, base_path, base, output_dir, variants)

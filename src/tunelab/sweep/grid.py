@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from tunelab import atomic
+from tunelab.config import parse_config
 from tunelab.evaluate.grid_config import GridConfig
 from tunelab.sweep.config import Sweep, SweepGridConfig
 from tunelab.sweep.record import SweepRecord
@@ -20,9 +21,10 @@ def native_size(model_path: Path) -> int:
     return components_native_size(load_model(model_path))
 
 
-def sweep_grid_config(grid: SweepGridConfig, checkpoints: list[str], out: Path, size: int | None) -> GridConfig:
+def sweep_grid_config(grid: SweepGridConfig, checkpoints: list[str], out: Path, size: int | None,
+                      source: str = "[grid]") -> GridConfig:
     """The GridConfig of the sweep's grid. Rows are Prompt S/R on the first non-empty prompt (which is the whole
-    prompt, so each row's prompt is exactly one of `prompts`)."""
+    prompt, so each row's prompt is exactly one of `prompts`). A bad setting is a one-line error naming `source`."""
     prompts = sorted(grid.prompts, key=lambda p: p == "")  # "" cannot be searched for: never first
     settings = grid.model_dump(exclude={"prompts", "seeds"}, exclude_none=True)
     settings.setdefault("width", size)
@@ -34,7 +36,7 @@ def sweep_grid_config(grid: SweepGridConfig, checkpoints: list[str], out: Path, 
         table["y"] = {"axis": "prompt_sr", "values": prompts}
     if len(grid.seeds) > 1:
         table["z"] = {"axis": "seed", "values": grid.seeds}
-    return GridConfig.model_validate(table)
+    return parse_config(GridConfig, table, source)
 
 
 def grid_checkpoints(sweep: Sweep, record: SweepRecord) -> list[str]:
