@@ -261,3 +261,14 @@ def test_readme_sweep_example_loads_against_the_readme_run_config(tmp_path):
     only = sweep.variants[-1].config
     assert (only.text_encoder.mode, only.text_encoder.learning_rate, only.unet.preset) == ("only", 3e-6, "sdxl-71")
     assert only.train.output_dir == tmp_path / "runs" / "sweep" / "te-only"
+
+
+def test_an_unprepared_dataset_is_reported_once_before_training(tmp_path):
+    from tunelab.sweep.runner import run_sweep
+
+    (tmp_path / "run.toml").write_text('[model]\npath = "m"\n[data]\nsources = [{ type = "folder", path = "images" }]\n'
+                                       '[train]\nmax_steps = 1\n')
+    (tmp_path / "s.toml").write_text('base = "run.toml"\n[matrix]\n"text_encoder.mode" = ["off", "on"]\n')
+    with pytest.raises(TunelabError, match=r"variant mode-off: dataset index .* not found \(run `tunelab prepare"):
+        run_sweep(load_sweep(tmp_path / "s.toml"))
+    assert not (tmp_path / "runs").exists()

@@ -118,8 +118,9 @@ def train_variant(variant: Variant, record: SweepRecord, position: str) -> None:
             raise TunelabError(conflict)
         final = checkpoint_dir(config.train.output_dir, final_step(config))
         if final.exists():
+            loss = last_smoothed_loss(variant.output_dir)
             record.update(name, status="done", reason="already finished", final_checkpoint=str(final),
-                          last_smoothed_loss=last_smoothed_loss(variant.output_dir))
+                          last_smoothed_loss=entry.last_smoothed_loss if loss is None else loss)
             print(f"{position} {name}: done (already finished: {final})", flush=True)
             return
         resume = resume_point(config)

@@ -47,8 +47,8 @@ def format_summary(record: SweepRecord, validation: dict | None = None) -> str:
     lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths)))
              for r in [header] + rows]
     if sets:
-        lines.append("* lowest validation loss of the variants in that set (lower = closer to the held-out / "
-                     "retention images)")
+        lines.append("* the variant with the lowest loss on that set (held_out: learned the data best; "
+                     "retention: kept the most of what the base drew)")
     lines += [f"{v.name}: {v.reason}" for v in record.variants.values() if v.status == "failed"]
     return "\n".join(line.rstrip() for line in lines)
 
