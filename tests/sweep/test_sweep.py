@@ -61,6 +61,10 @@ name = "te-only"
 set = {{ "text_encoder.mode" = "only", "text_encoder.learning_rate" = 1e-3 }}
 
 [[variants]]
+name = "too-hot"
+set = {{ "unet.learning_rate" = 1e12 }}
+
+[[variants]]
 name = "bad-blocks"
 set = {{ unet = {{ block_lr = [1e-5] }} }}
 
@@ -111,9 +115,10 @@ def test_variants_train_with_their_overrides_and_a_failing_one_is_recorded(swept
     out = root / "out"
     record = json.loads((out / "sweep.json").read_text())
     status = {v["name"]: v for v in record["variants"]}
-    assert [v["name"] for v in record["variants"]] == DONE + ["bad-blocks"]
+    assert [v["name"] for v in record["variants"]] == DONE + ["too-hot", "bad-blocks"]
     assert all(status[n]["status"] == "done" for n in DONE)
-    assert status["bad-blocks"]["status"] == "failed"
+    assert status["bad-blocks"]["status"] == "failed" and status["too-hot"]["status"] == "failed"
+    assert status["too-hot"]["reason"].startswith("step 2: loss nan")  # the trainer's NaN stop, after step 1
     assert "unet.block_lr: 1 values given" in status["bad-blocks"]["reason"]
     assert status["mode-on"]["overrides"] == {"text_encoder.mode": "on"}
     assert status["bad-blocks"]["overrides"] == {"unet.block_lr": [1e-5]}
@@ -134,7 +139,7 @@ def test_variants_train_with_their_overrides_and_a_failing_one_is_recorded(swept
         assert not same(state_dict(model["te-only"], part), state_dict(base, part))
     assert same(state_dict(model["te-only"], "unet"), state_dict(base, "unet"))  # "only": UNet frozen
     assert not same(state_dict(model["mode-off"], "unet"), state_dict(base, "unet"))
-    assert "[4/4] bad-blocks: FAILED: unet.block_lr" in output
+    assert "[5/5] bad-blocks: FAILED: unet.block_lr" in output
 
 
 def test_validation_grid_report_and_table_cover_base_and_every_finished_variant(swept):
@@ -156,7 +161,7 @@ def test_validation_grid_report_and_table_cover_base_and_every_finished_variant(
     assert all(name in html for name in DONE)
 
     table = output[output.index("variant"):].splitlines()
-    rows = {line.split()[0]: line.split() for line in table[1:] if line.split() and line.split()[0] in DONE + ["base", "bad-blocks"]}
+    rows = {line.split()[0]: line.split() for line in table[1:] if line.split() and line.split()[0] in DONE + ["base", "too-hot", "bad-blocks"]}
     assert rows["base"][4] == f"{means[0]:.4f}"
     best = min(range(1, 4), key=lambda i: means[i])
     assert rows[DONE[best - 1]][4].endswith("*") and sum(r[4].endswith("*") for r in rows.values() if len(r) > 4) == 1
@@ -175,14 +180,15 @@ def test_rerun_skips_finished_variants_and_resumes_a_cut_short_one(swept):
     shutil.rmtree(out / "mode-on" / "checkpoints" / "step-000002")  # as if killed after step 1's checkpoint
     result = CliRunner().invoke(app, ["sweep", str(root / "sweep.toml"), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "[1/4] mode-off: done (already finished" in result.output
-    assert "[3/4] te-only: done (already finished" in result.output
-    assert "[2/4] mode-on: resuming" in result.output
+    assert "[1/5] mode-off: done (already finished" in result.output
+    assert "[3/5] te-only: done (already finished" in result.output
+    assert "[2/5] mode-on: resuming" in result.output
     for name in ("mode-off", "te-only"):
         assert os.stat(next(finals[name].rglob("*.safetensors"))).st_mtime_ns == mtimes[name]
     status = {v["name"]: v for v in json.loads((out / "sweep.json").read_text())["variants"]}
     assert status["mode-on"]["status"] == "done" and status["mode-on"]["reason"] == "resumed from step-000001"
     assert finals["mode-on"].is_dir()
+    assert "[4/5] too-hot: resuming" in result.output and status["too-hot"]["status"] == "failed"  # from its step 1
 
 
 def test_dry_run_lists_variants_and_trainable_parameters_without_training(swept):
