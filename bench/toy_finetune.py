@@ -1,7 +1,8 @@
 """Finetune the toy base on the toy finetune world in each text-encoder mode (off / on / only) and time it.
 
-The recipe of the design notes: 48 finetune images (32×32), batch 16, 300 steps, lr 1e-5, latents cached (and text
-embeddings too where the text encoders stay frozen), 2 CPU threads. Done-when target: each mode ≤ 2 minutes.
+The recipe of the design notes: 48 finetune images (32×32), batch 16, 300 steps, lr 1e-5, latents cached, 2 CPU
+threads; the demo's caption policy (`toy_run_toml`: tags shuffled and dropped, so text embeddings are not cached).
+Done-when target: each mode ≤ 2 minutes.
 
     .venv/bin/python bench/toy_finetune.py [--base PATH] [--steps 300] [--threads 2] [--evaluate]
 

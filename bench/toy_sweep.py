@@ -6,7 +6,8 @@ Each run finetunes the shipped toy base on the toy finetune world (48 images, ba
 - zorb: the unseen tag (a purple star) drawn when prompted — "learned";
 - z-attr: partial credit for zorb (share of its two attributes, purple and star, the samples show);
 - kiko: the half-known character with all her attributes;
-- known / retention: known shapes (also in the finetune set) / concepts absent from it (cars, mira, locations) — "kept";
+- known / retention: known shapes (also in the finetune set) / concepts absent from it (cars, mira, locations):
+  "kept";
 - leak: how often the *other* prompts draw a purple star; uncond: how often the empty prompt does (if these rise
   with zorb, "learned" means the model draws stars everywhere, not that it learned the tag);
 - Δemb: how far the tag's token embeddings moved (L2 change / L2 norm, mean over its BPE tokens and both encoders).
@@ -67,8 +68,9 @@ def embedding_shift(before: list[torch.Tensor], after: list[torch.Tensor]) -> fl
 
 
 def row(name: str, scores: dict, shift: float | None, seconds: float | None) -> str:
-    values = [scores["per_concept"]["zorb"], scores["per_concept_attributes"]["zorb"], scores["per_concept"]["kiko"], scores["per_group"]["known"],
-              scores["per_group"]["retention"], scores["leakage"]["zorb"], scores["unconditional_chance"]["zorb"]]
+    values = [scores["per_concept"]["zorb"], scores["per_concept_attributes"]["zorb"], scores["per_concept"]["kiko"],
+              scores["per_group"]["known"], scores["per_group"]["retention"], scores["leakage"]["zorb"],
+              scores["unconditional_chance"]["zorb"]]
     cells = "".join(f"{100 * v:7.0f}" for v in values)
     extra = f"{shift:7.2f}" if shift is not None else f"{'-':>7}"
     extra += f"{seconds:7.0f}" if seconds is not None else f"{'-':>7}"
@@ -87,8 +89,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--samples", type=int, default=16, help="samples per evaluation prompt")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="training seed and first sampling seed")
     parser.add_argument("--captions", type=json.loads, default=None,
-                        help='caption policy as JSON, e.g. \'{"shuffle_caption": true, "caption_tag_dropout_rate": 0.5}\'')
+                        help="caption policy as JSON; default: the demo's (tunelab.demo.TOY_FINETUNE_CAPTIONS); "
+                             "'{}': the captions as written")
     parser.add_argument("--no-base", action="store_true", help="skip judging the base model")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     args = parser.parse_args()
@@ -98,7 +102,7 @@ def main() -> None:
     from tunelab.data.cache_runner import build_caches
     from tunelab.data.config import load_data_config
     from tunelab.data.prepare import prepare_dataset
-    from tunelab.demo import toy_run_toml
+    from tunelab.demo import TOY_FINETUNE_CAPTIONS, toy_run_toml
     from tunelab.models.io import load_model
     from tunelab.toy.base_model import TOY_BASE_DIR
     from tunelab.toy.concepts import UNKNOWN_TAG
@@ -107,7 +111,8 @@ def main() -> None:
     from tunelab.train.config import load_run_config
     from tunelab.train.recipe import run_training
 
-    settings = EvalSettings(samples_per_prompt=args.samples)
+    settings = EvalSettings(samples_per_prompt=args.samples, seed=args.seed)
+    captions = TOY_FINETUNE_CAPTIONS if args.captions is None else args.captions
     base = load_model(TOY_BASE_DIR)
     base_rows = token_rows(base, UNKNOWN_TAG)
     lines = [HEADER]
@@ -123,9 +128,9 @@ def main() -> None:
         prepared: set[str] = set()
         for run in runs:
             config = root / f"{run.mode}.toml"
-            config.write_text(toy_run_toml(base=TOY_BASE_DIR, mode=run.mode, steps=run.steps,
-                                           batch_size=args.batch_size, learning_rate=run.unet_lr,
-                                           text_encoder_learning_rate=run.te_lr, captions=args.captions))
+            text = toy_run_toml(base=TOY_BASE_DIR, mode=run.mode, steps=run.steps, batch_size=args.batch_size,
+                                learning_rate=run.unet_lr, text_encoder_learning_rate=run.te_lr, captions=captions)
+            config.write_text(text.replace("\nseed = 0\n", f"\nseed = {args.seed}\n"))
             if run.mode not in prepared:  # the caches depend on the mode only (text embeddings where frozen)
                 prepare_dataset(load_data_config(config), progress=False)
                 build_caches(config, progress=False)
@@ -140,7 +145,8 @@ def main() -> None:
             print(lines[-1], flush=True)
             shutil.rmtree(root / f"run-{run.mode}", ignore_errors=True)
     print(f"\n{args.images} images, batch {args.batch_size}, {args.samples} samples per prompt, "
-          f"{args.threads} thread(s); captions {json.dumps(args.captions or 'as written')}; wall s = training only")
+          f"{args.threads} thread(s), seed {args.seed}; captions {json.dumps(dict(captions) or 'as written')}; "
+          "wall s = training only")
     print("\n".join(lines))
 
 
