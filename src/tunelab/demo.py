@@ -29,7 +29,7 @@ path = "{base}"
 
 [data]
 index = "index.sqlite"
-sources = [{{ type = "folder", path = "images" }}]
+sources = [{{ type = "folder", path = "images" }}{reg_source}]
 buckets = {{ resolution = 32, step = 8, min_side = 16, max_side = 64 }}
 cache = {{ dir = "cache-{mode}", latents = true, text_embeddings = {text_cache} }}
 {captions}
@@ -38,6 +38,7 @@ output_dir = "run-{mode}"
 max_steps = {steps}
 batch_size = {batch_size}
 seed = 0
+prior_loss_weight = {prior_loss_weight}
 
 [text_encoder]
 mode = "{mode}"
@@ -74,18 +75,24 @@ TOY_FINETUNE_CAPTIONS = MappingProxyType({"shuffle_caption": True, "keep_tokens"
 
 def toy_run_toml(*, base: Path, mode: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-5,
                  text_encoder_learning_rate: float | None = None, captions: Mapping = TOY_FINETUNE_CAPTIONS,
-                 retention_prompts: list[str] | None = None, validation_samples: int = 4) -> str:
+                 retention_prompts: list[str] | None = None, validation_samples: int = 4,
+                 regularisation_folder: str | None = None, prior_loss_weight: float = 1.0) -> str:
     """The run config of a toy finetune (folder `images/` next to it); latents cached, text embeddings too when the
     text encoders are frozen and the captions the same every epoch; a [validation] table on the retention prompts
     when given. `learning_rate` is the UNet's, and the text encoders' too unless `text_encoder_learning_rate` is
-    given. `captions`: the [data.captions] caption policy; {} trains on the captions as written."""
+    given. `captions`: the [data.captions] caption policy; {} trains on the captions as written.
+    `regularisation_folder`: a second folder next to it whose images are regularisation images (is_reg), their
+    loss weighted by `prior_loss_weight`."""
     from tunelab.data.caption_config import CaptionConfig
 
     te_lr = learning_rate if text_encoder_learning_rate is None else text_encoder_learning_rate
     fixed_captions = CaptionConfig(**captions).is_deterministic()
     text = RUN_TOML.format(base=base, mode=mode, steps=steps, batch_size=batch_size, lr=learning_rate, te_lr=te_lr,
                            text_cache="true" if mode == "off" and fixed_captions else "false",
-                           captions=f"captions = {_toml_table(captions)}\n" if captions else "")
+                           captions=f"captions = {_toml_table(captions)}\n" if captions else "",
+                           reg_source=(f', {{ type = "folder", path = {json.dumps(regularisation_folder)}, is_reg = true }}'
+                                       if regularisation_folder else ""),
+                           prior_loss_weight=prior_loss_weight)
     if retention_prompts:
         text += VALIDATION_TOML.format(every=max(1, steps // 3), prompts=_toml_list(retention_prompts),
                                        samples=validation_samples)
