@@ -5,9 +5,9 @@
   per-cell    one pipeline call per cell — what A1111's XYZ plot does
 
 Prints images/s for each and the ratios (targets: engine ≥ 0.95× batched, ≥ 7× per-cell), and checks that the
-engine's images equal the per-cell images (≤ 1/255). Then times the UNet alone at the two batch sizes the grid runs
-(2 rows per cell with CFG, 24 rows per checkpoint) and prints the ceiling for any batched renderer: per-cell time
-per image ÷ the UNet's share of one image in the batched call (everything but the UNet taken as free). Run: .venv/bin/python bench/grid.py [--device cuda]"""
+engine's images equal the per-cell images (≤ 1/255). On CPU it then prints what bounds the engine: the share of
+its time spent inside the UNet (so the ratio it could reach if everything else were free), and the UNet's
+GFLOP/s at the engine's batch (24 rows: 12 cells with CFG) next to this CPU's fp32 matmul rate. Run: .venv/bin/python bench/grid.py [--device cuda]"""
 
 from __future__ import annotations
 
@@ -86,29 +86,60 @@ def measure(methods: dict, models, repeats: int) -> tuple[dict, dict, dict]:
     return wall, cpu, images
 
 
-def unet_batch_ceiling(model, repeats: int = 10) -> tuple[float, float, float]:
-    """ms per UNet call at batch 2 (one cell with CFG) and at batch 2 × cells (a checkpoint's whole grid), with the
-    engine's text K/V cache, and the per-image ratio between them."""
+def unet_share_of_engine(models) -> float:
+    """Fraction of one engine render spent inside the UNets' forward calls (timed around each call)."""
+    spent = 0.0
+    originals = [m.unet.forward for m in models]
+
+    def timed(forward):
+        def call(*args, **kwargs):
+            nonlocal spent
+            start = time.perf_counter()
+            out = forward(*args, **kwargs)
+            spent += time.perf_counter() - start
+            return out
+        return call
+
+    for model, forward in zip(models, originals):
+        model.unet.forward = timed(forward)
+    try:
+        start = time.perf_counter()
+        render_engine(models)
+        total = time.perf_counter() - start
+    finally:
+        for model, forward in zip(models, originals):
+            model.unet.forward = forward
+    return spent / total
+
+
+def unet_gflops(model, batch: int) -> tuple[float, float]:
+    """(GFLOP/s of one UNet call at `batch` rows with the engine's text K/V cache, this core's fp32 matmul GFLOP/s)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from tunelab.evaluate.text_kv_cache import text_kv_cache
 
     unet = model.unet
-    text_dim, pooled_dim = unet.config.cross_attention_dim, model.text_encoders[1].config.projection_dim
     latent = SIZE // (2 ** (len(model.vae.config.block_out_channels) - 1))
+    args = (torch.randn(batch, 4, latent, latent), torch.tensor(500))
+    kwargs = dict(encoder_hidden_states=torch.randn(batch, 77, unet.config.cross_attention_dim),
+                  added_cond_kwargs=dict(text_embeds=torch.randn(batch, model.text_encoders[1].config.projection_dim),
+                                         time_ids=torch.randn(batch, 6)))
 
-    def ms_per_call(batch: int) -> float:
-        args = (torch.randn(batch, 4, latent, latent), torch.tensor(500))
-        kwargs = dict(encoder_hidden_states=torch.randn(batch, 77, text_dim),
-                      added_cond_kwargs=dict(text_embeds=torch.randn(batch, pooled_dim), time_ids=torch.randn(batch, 6)))
-        with text_kv_cache(unet):
-            for _ in range(3):
-                unet(*args, **kwargs)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                unet(*args, **kwargs)
-        return (time.perf_counter() - start) / repeats * 1e3
+    def rate(fn, flops, repeats=10):
+        for _ in range(3):
+            fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return flops * repeats / (time.perf_counter() - start) / 1e9
 
-    per_cell, whole = ms_per_call(2), ms_per_call(2 * len(cells()))
-    return per_cell, whole, per_cell / (whole / len(cells()))
+    with text_kv_cache(unet):
+        unet(*args, **kwargs)  # first call projects the text keys/values; later calls reuse them, as in sampling
+        with FlopCounterMode(display=False) as counter:
+            unet(*args, **kwargs)
+        unet_rate = rate(lambda: unet(*args, **kwargs), counter.get_total_flops())
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return unet_rate, rate(lambda: a @ b, 2 * 1024**3)
 
 
 def max_difference(images_a, images_b) -> int:
@@ -144,13 +175,12 @@ def main() -> None:
     print(f"max pixel difference, engine vs per-cell: {max_difference(images['engine'], images['per-cell'])}/255, "
           f"vs batched: {max_difference(images['engine'], images['batched'])}/255")
     if args.device == "cpu":
-        per_cell, whole, unet_ratio = unet_batch_ceiling(models[0])
-        unet_ms_per_image = STEPS * whole / len(cells())
-        ceiling = 1e3 / wall["per-cell"] / unet_ms_per_image
-        print(f"UNet alone: {per_cell:.1f} ms at batch 2 (one cell), {whole:.1f} ms at batch {2 * len(cells())} "
-              f"(all {len(cells())} cells): {unet_ratio:.2f}x cheaper per image batched")
-        print(f"ceiling for any batched renderer (all but the UNet free): per-cell {1e3 / wall['per-cell']:.0f} ms/image "
-              f"/ {unet_ms_per_image:.0f} ms/image = {ceiling:.2f}x per-cell")
+        share = unet_share_of_engine(models)
+        achieved, peak = unet_gflops(models[0], 2 * len(cells()))
+        print(f"engine time inside the UNet: {100 * share:.1f} % -> with everything else free, engine / per-cell "
+              f"<= {wall['engine'] / wall['per-cell'] / share:.2f}")
+        print(f"UNet at batch {2 * len(cells())}: {achieved:.0f} GFLOP/s; fp32 matmul 1024^3 on this CPU: {peak:.0f} "
+              f"GFLOP/s ({100 * achieved / peak:.0f} % of it)")
 
 
 if __name__ == "__main__":
