@@ -191,9 +191,9 @@ def test_same_seed_epoch_item_gives_same_prompt_and_others_differ():
 def test_subset_options_override_and_report_unknown_keys():
     base = CaptionConfig()
     subsets = {
-        1: Subset(1, "a", caption_options={"shuffle_caption": True, "keep_tokens": 1, "caption_separator": ",",
+        1: Subset("a", id=1, caption_options={"shuffle_caption": True, "keep_tokens": 1, "caption_separator": ",",
                                           "flip_aug": True}),  # fmt: skip
-        2: Subset(2, "b", caption_options={"class_tokens": "ohwx person"}),
+        2: Subset("b", id=2, caption_options={"class_tokens": "ohwx person"}),
     }
     policies = SubsetPolicies(base, subsets)
     assert policies.policy(1).config.shuffle_caption and policies.policy(1).config.separator == ","
@@ -201,7 +201,7 @@ def test_subset_options_override_and_report_unknown_keys():
     assert policies.prompt(item(None, None, subset_id=2), seed=0, epoch=0) == "ohwx person"
     assert policies.policy(99).config == base
     with pytest.raises(TunelabError, match="^c: subset caption options: keep_tokens"):
-        SubsetPolicies(base, {3: Subset(3, "c", caption_options={"keep_tokens": -1})})
+        SubsetPolicies(base, {3: Subset("c", id=3, caption_options={"keep_tokens": -1})})
 
 
 def test_text_randomness_names_each_cause():

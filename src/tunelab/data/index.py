@@ -61,13 +61,14 @@ CREATE INDEX IF NOT EXISTS items_by_bucket ON items (status, split, bucket_width
 
 @dataclass(frozen=True, slots=True)
 class Subset:
-    """A group of items sharing repeat count, regularisation flag and caption options (an sd-scripts subset)."""
+    """A group of items sharing repeat count, regularisation flag and caption options (an sd-scripts subset):
+    `name` is stable (its folder or metadata file); `id` is its row in the index (0 until registered)."""
 
-    id: int
     name: str
     repeats: int = 1
     is_reg: bool = False
     caption_options: dict | None = None
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,4 +340,4 @@ class DatasetIndex:
 
     def subsets(self) -> dict[int, Subset]:
         rows = self.db.execute("SELECT id, name, repeats, is_reg, caption_options FROM subsets ORDER BY id")
-        return {r[0]: Subset(r[0], r[1], r[2], bool(r[3]), json.loads(r[4])) for r in rows}
+        return {r[0]: Subset(r[1], r[2], bool(r[3]), json.loads(r[4]), id=r[0]) for r in rows}

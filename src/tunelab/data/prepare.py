@@ -24,8 +24,8 @@ from tunelab.atomic import atomic_path, write_json
 from tunelab.data.buckets import assign_bucket
 from tunelab.data.config import DataConfig, FolderSource, SplitConfig
 from tunelab.data.images import ImageFacts, ImageSkip, inspect_image
-from tunelab.data.index import OK, SKIPPED, TRAIN, VALIDATION, DatasetIndex, IndexItem
-from tunelab.data.sources import Candidate, SubsetSpec, iter_candidates
+from tunelab.data.index import OK, SKIPPED, TRAIN, VALIDATION, DatasetIndex, IndexItem, Subset
+from tunelab.data.sources import Candidate, iter_candidates
 
 # Reasons decided by the image file itself (kept on an unchanged file without reading it again).
 IMAGE_SKIP_REASONS = {"empty_file", "too_many_pixels", "too_small", "animated", "not_an_image", "truncated", "corrupt"}
@@ -197,7 +197,7 @@ def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStat
     return stats
 
 
-def _register_subset(index: DatasetIndex, spec: SubsetSpec, subset_ids: dict[str, int]) -> None:
+def _register_subset(index: DatasetIndex, spec: Subset, subset_ids: dict[str, int]) -> None:
     if spec.name not in subset_ids:
         subset_ids[spec.name] = index.upsert_subset(spec.name, repeats=spec.repeats, is_reg=spec.is_reg,
                                                     caption_options=spec.caption_options)  # fmt: skip

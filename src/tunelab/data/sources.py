@@ -15,6 +15,7 @@ from typing import Iterator
 
 from tunelab.config import read_toml
 from tunelab.data.config import IMAGE_EXTENSIONS, FolderSource, KohyaDatasetConfigSource, KohyaMetadataSource, Source
+from tunelab.data.index import Subset
 from tunelab.errors import fail
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
@@ -30,16 +31,6 @@ _KOHYA_LAYOUT_KEYS = {
 
 
 @dataclass(frozen=True, slots=True)
-class SubsetSpec:
-    """An item group: stable `name` (its folder or metadata file), repeats, regularisation flag, caption options."""
-
-    name: str
-    repeats: int = 1
-    is_reg: bool = False
-    caption_options: dict | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ItemText:
     tags: str | None = None
     caption: str | None = None
@@ -51,7 +42,7 @@ class ItemText:
 @dataclass(frozen=True, slots=True)
 class Candidate:
     path: Path
-    subset: SubsetSpec
+    subset: Subset
     text: ItemText
     skip_reason: str | None = None  # the image itself is missing (metadata names a file that is not there)
 
@@ -135,8 +126,8 @@ def iter_folder(source: FolderSource) -> Iterator[Candidate]:
     if not root.is_dir():
         raise fail(root, "image folder not found")
     extensions = {e.lower() for e in source.extensions}
-    base = SubsetSpec(str(root), source.repeats, source.is_reg, source.caption_options or None)
-    subset_of: dict[str, SubsetSpec] = {str(root): base}
+    base = Subset(str(root), source.repeats, source.is_reg, source.caption_options or None)
+    subset_of: dict[str, Subset] = {str(root): base}
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         folder_path = Path(folder)
@@ -152,13 +143,13 @@ def iter_folder(source: FolderSource) -> Iterator[Candidate]:
                 yield Candidate(image, subset, read_sidecars(image, names, source))
 
 
-def _child_subset(parent: SubsetSpec, folder: Path, source: FolderSource) -> SubsetSpec:
+def _child_subset(parent: Subset, folder: Path, source: FolderSource) -> Subset:
     match = _REPEAT_FOLDER.match(folder.name) if source.repeat_folders else None
     if match is None:
         return parent
     options = dict(source.caption_options)
     options.setdefault("class_tokens", match.group(2))  # sd-scripts: the folder's name is the fallback caption
-    return SubsetSpec(str(folder), int(match.group(1)) * source.repeats, source.is_reg, options)
+    return Subset(str(folder), int(match.group(1)) * source.repeats, source.is_reg, options)
 
 
 # --- sd-scripts in_json ----------------------------------------------------------------------------------------
@@ -286,7 +277,7 @@ def iter_kohya_metadata(source: KohyaMetadataSource) -> Iterator[Candidate]:
     if not path.is_file():
         raise fail(path, "metadata file not found")
     image_dir = Path(source.image_dir) if source.image_dir else path.parent
-    subset = SubsetSpec(str(path), source.repeats, source.is_reg, source.caption_options or None)
+    subset = Subset(str(path), source.repeats, source.is_reg, source.caption_options or None)
     for key, entry in iter_json_object(path):
         if not isinstance(entry, dict):
             raise fail(path, f"entry {key!r} is not an object")
