@@ -76,8 +76,9 @@ def info(
 ) -> None:
     """Architecture, format, dtype and parameter count per component."""
     from tunelab.models.info import model_info
+    from tunelab.models.model_path import resolve_model_path
 
-    typer.echo("\n".join(model_info(model, allow_pickle=allow_pickle).lines()))
+    typer.echo("\n".join(model_info(resolve_model_path(model), allow_pickle=allow_pickle).lines()))
 
 
 @app.command()
