@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 from tunelab.atomic import atomic_path
 from tunelab.errors import fail
 from tunelab.evaluate.samplers import sampler_name
+from tunelab.models.model_path import resolve_model_path
 
 NEGATIVE_PREFIX = "Negative prompt:"
 # `Key: value,` where value is a JSON string or runs to the next comma.
@@ -113,8 +114,8 @@ def read_png_infotext(path: str | Path) -> Infotext:
 
 def model_hash(path: str | Path) -> str:
     """A1111's short model hash: the first 10 hex digits of the file's sha256. For a diffusers folder (no single
-    file), the sha256 of its weight files' sha256s in path order."""
-    path = Path(path)
+    file), the sha256 of its weight files' sha256s in path order. A trainer checkpoint hashes the model inside."""
+    path = resolve_model_path(path)
     if path.is_file():
         return _sha256(path)[:10]
     files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt"))

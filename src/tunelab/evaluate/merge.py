@@ -89,8 +89,9 @@ def merge_files(
     folder. Without `dtype` the output keeps A's stored dtype (an fp16 checkpoint stays fp16)."""
     from tunelab.models.info import model_info
     from tunelab.models.io import DTYPES, load_model, parse_dtype, save_model
+    from tunelab.models.model_path import resolve_model_path
 
-    out = Path(out)
+    out, path_a, path_b = Path(out), resolve_model_path(path_a), resolve_model_path(path_b)
     if out.resolve() in (Path(path_a).resolve(), Path(path_b).resolve()):
         raise fail(out, "output is one of the inputs; write to a new path")
     target_dtype = parse_dtype(dtype) if dtype else DTYPES.get(model_info(path_a, allow_pickle=allow_pickle).dtype)

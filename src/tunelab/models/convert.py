@@ -7,12 +7,13 @@ from pathlib import Path
 from tunelab.errors import TunelabError, fail
 from tunelab.models.info import model_info
 from tunelab.models.io import DTYPES, load_model, parse_dtype, save_model
+from tunelab.models.model_path import resolve_model_path
 
 
 def convert_model(src: str | Path, out: str | Path, *, to: str, dtype: str | None = None, allow_pickle: bool = False) -> Path:
     """Load `src`, write it as `to`. Without `dtype`, the output keeps the input's stored dtype (an fp16 file stays
     fp16), although the model is loaded in fp32 in between (lossless for fp16/bf16 → fp32 → same)."""
-    src, out = Path(src), Path(out)
+    src, out = resolve_model_path(src), Path(out)
     if to not in ("diffusers", "single-file"):
         raise TunelabError(f"--to {to!r}: expected 'diffusers' or 'single-file'")
     target_dtype = parse_dtype(dtype) if dtype else _stored_dtype(src, allow_pickle)

@@ -22,6 +22,7 @@ from tunelab.errors import TunelabError, fail
 from tunelab.models.components import ModelComponents
 from tunelab.models.config_folders import MODEL_PARTS
 from tunelab.models.detect import architecture_from_model_index, detect_format, safetensors_weight_files
+from tunelab.models.model_path import resolve_model_path
 from tunelab.models.single_file import cast_floats, load_single_file, save_single_file
 
 SaveFormat = Literal["diffusers", "single-file"]
@@ -41,7 +42,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, allow_pickle: bool = False) -> ModelComponents:
     """Load every component of an SD1.5 / SDXL model. `dtype=None` loads float32 (the training dtype on CPU)."""
-    path = Path(path)
+    path = resolve_model_path(path)  # a trainer step-N folder → the model inside
     dtype = parse_dtype(dtype) or torch.float32
     fmt = detect_format(path)
     if fmt == "pickle" and not allow_pickle:
