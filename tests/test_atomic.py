@@ -10,7 +10,7 @@ def test_written_file_has_plain_open_mode_not_mkstemp_private(tmp_path):
     atomic.write_text(tmp_path / "a.txt", "x")
     (tmp_path / "b.txt").write_text("x")  # what a plain open() gives under this process's umask
     mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)
-    assert mode == stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode) == atomic.FILE_MODE
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode) == atomic.file_mode()
     assert mode & stat.S_IRGRP  # the usual umasks (022, 002) leave it group-readable, mkstemp's 0600 does not
 
 

@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temp file in the same folder, fsync, then rename over the target.
 
 An interrupted write never leaves a half-written file under the final name (the corrupt-cache problem
-users hit with other trainers)."""
+users hit with other trainers). Everything written gets the mode a plain `open()` / `mkdir()` would give it under
+the user's umask, never owner-only: checkpoints are often read by another user's A1111 / ComfyUI."""
 
 from __future__ import annotations
 
@@ -13,15 +14,48 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _process_umask() -> int:
-    mask = os.umask(0)
+def process_umask() -> int:
+    """The umask now (read each time: a caller may change it). Read from /proc where there is one, because
+    os.umask can only be read by setting it, which races with other threads creating files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-# mkstemp creates files readable by their owner only; a written file gets the mode a plain open() would give it
-# (checkpoints are often read by another user's A1111 / ComfyUI).
-FILE_MODE = 0o666 & ~_process_umask()
+def file_mode() -> int:
+    """What a plain open() gives a new file."""
+    return 0o666 & ~process_umask()
+
+
+def folder_mode() -> int:
+    """What a plain mkdir() gives a new folder."""
+    return 0o777 & ~process_umask()
+
+
+def temp_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new uniquely named folder in `parent` (tempfile.mkdtemp makes it owner-only: 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(folder, folder_mode())
+    return folder
+
+
+def plain_modes(root: Path) -> None:
+    """Give `root` and everything under it the plain open() / mkdir() modes: libraries that write through their
+    own temp files (safetensors ≥ 0.8 in `save_file`, hence transformers' save_pretrained) leave them 0600."""
+    files, folders = file_mode(), folder_mode()
+    os.chmod(root, folders)
+    for parent, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(parent, name), folders)
+        for name in filenames:
+            os.chmod(os.path.join(parent, name), files)
 
 
 @contextlib.contextmanager
@@ -32,9 +66,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, FILE_MODE)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())  # after the write: a library may have replaced the file (0600 mkstemp)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)

@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
+from tunelab import atomic
 from tunelab.models.components import Architecture
 from tunelab.models.tokenizers import EOS, write_tokenizer_files
 
@@ -54,7 +54,7 @@ def materialize_config_folder(architecture: Architecture, configs: dict[str, dic
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = atomic.temp_folder(target.parent, f".{target.name}.")
     try:
         (tmp / "model_index.json").write_text(json.dumps(configs["model_index"], indent=2))
         for part in (*MODEL_PARTS[architecture], "scheduler"):

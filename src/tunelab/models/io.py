@@ -158,7 +158,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / "model_index.json").exists())):
         raise fail(target, "exists and is not a diffusers model folder; refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = atomic.temp_folder(target.parent, f".{target.name}.", ".tmp")
     try:
         yield tmp
         old = None
