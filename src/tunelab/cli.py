@@ -74,11 +74,17 @@ def info(
     model: Path = typer.Argument(..., help="Diffusers folder or single .safetensors file."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .ckpt/.pt/.bin pickles (weights only)."),
 ) -> None:
-    """Architecture, format, dtype and parameter count per component."""
+    """Architecture, format, dtype, whether every tensor was found, and parameter count per component. An
+    incomplete model is described, then reported as an error (exit 2)."""
+    from tunelab.errors import fail
     from tunelab.models.info import model_info
     from tunelab.models.model_path import resolve_model_path
 
-    typer.echo("\n".join(model_info(resolve_model_path(model), allow_pickle=allow_pickle).lines()))
+    path = resolve_model_path(model)
+    described = model_info(path, allow_pickle=allow_pickle)
+    typer.echo("\n".join(described.lines()))
+    if not described.complete:
+        raise fail(path, described.problem())
 
 
 @app.command()

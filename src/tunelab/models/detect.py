@@ -75,8 +75,13 @@ def architecture_from_model_index(folder: Path) -> Architecture:
 def safetensors_weight_files(part_folder: Path) -> tuple[list[Path], str | None]:
     """A diffusers part's .safetensors weights (all shards) and their variant: the plain files when present,
     else one variant's (`*.fp16.safetensors`, as hub folders ship next to or instead of fp32)."""
+    return weight_files(part_folder, "safetensors")
+
+
+def weight_files(part_folder: Path, extension: str) -> tuple[list[Path], str | None]:
+    """`safetensors_weight_files` for any extension (`bin`: the pickled weights of older folders)."""
     by_variant: dict[str | None, list[Path]] = {}
-    for file in sorted(part_folder.glob("*.safetensors")):
+    for file in sorted(part_folder.glob(f"*.{extension}")):
         parts = file.name.split(".")
         by_variant.setdefault(parts[-2] if len(parts) > 2 else None, []).append(file)
     for variant in (None, "fp16", "bf16", *by_variant):

@@ -19,6 +19,7 @@ import torch
 
 from tunelab import atomic
 from tunelab.errors import TunelabError, fail
+from tunelab.models.completeness import check_folder_complete
 from tunelab.models.components import ModelComponents
 from tunelab.models.config_folders import MODEL_PARTS
 from tunelab.models.detect import architecture_from_model_index, detect_format, safetensors_weight_files
@@ -83,8 +84,10 @@ def load_diffusers_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: boo
         extra["force_zeros_for_empty_prompt"] = pipe.config.get("force_zeros_for_empty_prompt", True)
     for module in (pipe.unet, pipe.vae, *encoders):
         module.eval()
-    return ModelComponents(architecture, pipe.unet, pipe.vae, encoders, tokenizers, pipe.scheduler,
-                           source=str(folder), extra=extra)
+    components = ModelComponents(architecture, pipe.unet, pipe.vae, encoders, tokenizers, pipe.scheduler,
+                                 source=str(folder), extra=extra)
+    check_folder_complete(folder, components, allow_pickle)  # the libraries leave a missing weight on meta / random
+    return components
 
 
 def save_model(

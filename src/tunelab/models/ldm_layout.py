@@ -222,3 +222,133 @@ def components_to_ldm(components: ModelComponents) -> dict[str, torch.Tensor]:
 def _plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State dict without the `_orig_mod.` level torch.compile adds."""
     return {k.removeprefix("_orig_mod."): v for k, v in module.state_dict().items()}
+
+
+# ---- original layout → diffusers (loading): the same module maps, inverted ------------------------------------
+# Each part is read from its own explicit prefix, so nothing is guessed from shapes: two text encoders of the same
+# width (the toy base) cannot be mistaken for one another.
+
+# Tensors a file may carry under a part's prefix that are not weights of the module: CLIP's position_ids (a buffer
+# every module rebuilds), OpenCLIP's logit_scale (kept in `extra`) and causal attn_mask, and the autoencoder's
+# training loss (LPIPS / discriminator) that some files with a baked-in VAE still hold.
+NON_WEIGHT_SUFFIXES = ("position_ids", "logit_scale", "attn_mask")
+NON_WEIGHT_PREFIXES = (VAE_PREFIX + "loss.",)
+OPEN_CLIP_LAYER_NAMES = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+                         "attn.out_proj": "self_attn.out_proj"}
+
+
+def is_non_weight(key: str) -> bool:
+    return key.endswith(NON_WEIGHT_SUFFIXES) or key.startswith(NON_WEIGHT_PREFIXES)
+
+
+def part_of_key(key: str, architecture: str) -> str | None:
+    """The part (unet, vae, text_encoder, text_encoder_2) whose prefix `key` has; None for keys outside every part
+    (EMA copies, noise-schedule buffers: training state, not the model)."""
+    return next((part for part, prefix in part_prefixes(architecture).items() if key.startswith(prefix)), None)
+
+
+def _remap_back(state_dict, modules: dict[str, str], prefix: str, inner, unplaced: list[str]) -> dict[str, torch.Tensor]:
+    """Inverse of `_remap`: LDM key (with `prefix`) → diffusers key by the longest mapped LDM module path."""
+    inverse = {ldm: diffusers for diffusers, ldm in modules.items()}
+    out = {}
+    for key, tensor in state_dict.items():
+        parts = key.removeprefix(prefix).split(".")
+        cut = next((c for c in range(len(parts) - 1, 0, -1) if ".".join(parts[:c]) in inverse), None)
+        if cut is None:
+            unplaced.append(key)
+            continue
+        module = inverse[".".join(parts[:cut])]
+        rest, tensor = inner(module, ".".join(parts[cut:]), tensor)
+        out[module + "." + rest] = tensor
+    return out
+
+
+def _inverted(names: dict[str, str]) -> dict[str, str]:
+    return {new: old for old, new in names.items()}
+
+
+def _unet_inner_back(module: str, rest: str, tensor: torch.Tensor):
+    if ".resnets." in module:
+        rest = _rename_first(rest, _inverted(UNET_RESNET_NAMES))
+    return rest, tensor
+
+
+def _vae_inner_back(module: str, rest: str, tensor: torch.Tensor):
+    if ".resnets." in module:
+        rest = _rename_first(rest, _inverted(VAE_RESNET_NAMES))
+    elif ".attentions." in module:
+        rest = _rename_first(rest, _inverted(VAE_ATTENTION_NAMES))
+        if rest.endswith(".weight") and tensor.ndim == 4:  # 1×1 conv → diffusers' linear
+            tensor = tensor.reshape(tensor.shape[:2])
+    return rest, tensor
+
+
+def clip_l_from_ldm(state_dict: dict[str, torch.Tensor], prefix: str, unplaced: list[str]) -> dict[str, torch.Tensor]:
+    """HF CLIP names (with the `text_model.` level; the loader drops it where the module has none)."""
+    out = {}
+    for key, tensor in state_dict.items():
+        name = key.removeprefix(prefix)
+        if not name.startswith("text_model."):
+            unplaced.append(key)
+            continue
+        out[name] = tensor
+    return out
+
+
+def open_clip_from_ldm(state_dict: dict[str, torch.Tensor], prefix: str, unplaced: list[str]) -> dict[str, torch.Tensor]:
+    """OpenCLIP text tower → HF CLIPTextModelWithProjection: fused `in_proj_*` split into q/k/v, `text_projection`
+    ([width, proj]) transposed into a Linear weight."""
+    fixed = {
+        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+        "positional_embedding": "text_model.embeddings.position_embedding.weight",
+        "ln_final.weight": "text_model.final_layer_norm.weight",
+        "ln_final.bias": "text_model.final_layer_norm.bias",
+    }
+    out = {}
+    for key, tensor in state_dict.items():
+        name = key.removeprefix(prefix)
+        if name in fixed:
+            out[fixed[name]] = tensor
+        elif name == "text_projection":
+            out["text_projection.weight"] = tensor.T.contiguous()
+        elif name.startswith("transformer.resblocks."):
+            index, rest = name.removeprefix("transformer.resblocks.").split(".", 1)
+            hf = f"text_model.encoder.layers.{index}."
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = rest.removeprefix("attn.in_proj_")
+                # clones, not views: three parameters sharing one storage could not be saved with safetensors
+                for p, chunk in zip("qkv", tensor.chunk(3, dim=0)):
+                    out[hf + f"self_attn.{p}_proj.{kind}"] = chunk.clone()
+                continue
+            module, _, kind = rest.rpartition(".")
+            if module not in OPEN_CLIP_LAYER_NAMES or not index.isdigit():
+                unplaced.append(key)
+                continue
+            out[hf + f"{OPEN_CLIP_LAYER_NAMES[module]}.{kind}"] = tensor
+        else:
+            unplaced.append(key)
+    return out
+
+
+def ldm_to_parts(
+    state_dict: dict[str, torch.Tensor], architecture: str, configs: dict[str, dict]
+) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """Original-layout state dict → ({part: diffusers-named state dict}, unplaced keys).
+
+    Keys outside every part are left out (training state); non-weight keys inside a part are dropped; keys inside a
+    part that no mapping places are returned, for the caller to name."""
+    prefixes = part_prefixes(architecture)
+    by_part: dict[str, dict[str, torch.Tensor]] = {part: {} for part in prefixes}
+    for key, tensor in state_dict.items():
+        part = part_of_key(key, architecture)
+        if part is not None and not is_non_weight(key):
+            by_part[part][key] = tensor
+    unplaced: list[str] = []
+    parts = {
+        "unet": _remap_back(by_part["unet"], unet_module_map(configs["unet"]), UNET_PREFIX, _unet_inner_back, unplaced),
+        "vae": _remap_back(by_part["vae"], vae_module_map(configs["vae"]), VAE_PREFIX, _vae_inner_back, unplaced),
+        "text_encoder": clip_l_from_ldm(by_part["text_encoder"], prefixes["text_encoder"], unplaced),
+    }
+    if architecture == "sdxl":
+        parts["text_encoder_2"] = open_clip_from_ldm(by_part["text_encoder_2"], CLIP_G_PREFIX, unplaced)
+    return parts, unplaced

@@ -3,7 +3,9 @@
 Save: `ldm_layout.components_to_ldm` + our diffusers configs in the safetensors metadata, so a tiny (or otherwise
 non-standard) model round-trips exactly. Load: a file we wrote brings its configs; a foreign file uses the shipped
 full-size SD1.5 / SDXL configs. The keys and shapes are checked against the layout those configs imply *before* any
-weight is read, then diffusers' own single-file converters build the modules (offline, from a local config folder)."""
+weight is read; then `ldm_layout.ldm_to_parts` (the inverse of the save mapping, one explicit prefix per part) names
+every tensor, and the modules, built empty from the configs, take them as they are. No shape-based guess of which
+text encoder a key block belongs to (diffusers' converters guess, and swap two encoders of the same width)."""
 
 from __future__ import annotations
 
@@ -16,14 +18,10 @@ import torch
 from tunelab import atomic
 from tunelab.errors import fail
 from tunelab.models.components import Architecture, ModelComponents
-from tunelab.models.config_folders import (
-    MODEL_PARTS,
-    TOKENIZER_PADS,
-    materialize_config_folder,
-    shipped_configs,
-)
+from tunelab.models.config_folders import MODEL_PARTS, TOKENIZER_PADS, shipped_configs
+from tunelab.models.completeness import check_nothing_on_meta
 from tunelab.models.detect import architecture_from_keys, read_safetensors_header
-from tunelab.models.ldm_layout import CLIP_G_PREFIX, components_to_ldm
+from tunelab.models.ldm_layout import CLIP_G_PREFIX, components_to_ldm, is_non_weight, ldm_to_parts, part_of_key
 from tunelab.models.tokenizers import clip_tokenizer
 
 METADATA_ARCHITECTURE = "tunelab.architecture"
@@ -58,19 +56,31 @@ def components_configs(components: ModelComponents) -> dict[str, dict]:
 # ---- empty (meta) modules: the layout a config implies ----------------------------------------------------------
 
 
-def empty_components(architecture: Architecture, configs: dict[str, dict]) -> ModelComponents:
-    """Modules built from `configs` on the meta device: shapes only, no memory (full-size SDXL in ~0.5 s)."""
+def build_modules(architecture: Architecture, configs: dict[str, dict]) -> dict[str, torch.nn.Module]:
+    """The modules `configs` describe, by part name; the caller picks the device context (meta / empty weights)."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    modules = {
+        "unet": diffusers.UNet2DConditionModel.from_config(configs["unet"]),
+        "vae": diffusers.AutoencoderKL.from_config(configs["vae"]),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**_clip_kwargs(configs["text_encoder"]))),
+    }
+    if architecture == "sdxl":
+        modules["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**_clip_kwargs(configs["text_encoder_2"])))
+    return modules
+
+
+def empty_components(architecture: Architecture, configs: dict[str, dict]) -> ModelComponents:
+    """Modules built from `configs` on the meta device: shapes only, no memory (full-size SDXL in ~0.5 s)."""
+    import diffusers
+
     with torch.device("meta"):
-        unet = diffusers.UNet2DConditionModel.from_config(configs["unet"])
-        vae = diffusers.AutoencoderKL.from_config(configs["vae"])
-        encoders = [CLIPTextModel(CLIPTextConfig(**_clip_kwargs(configs["text_encoder"])))]
-        if architecture == "sdxl":
-            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**_clip_kwargs(configs["text_encoder_2"]))))
+        modules = build_modules(architecture, configs)
+    encoders = [modules[p] for p in ("text_encoder", "text_encoder_2") if p in modules]
     scheduler_cls = getattr(diffusers, configs["scheduler"]["_class_name"])
-    return ModelComponents(architecture, unet, vae, encoders, [], scheduler_cls.from_config(configs["scheduler"]))
+    return ModelComponents(architecture, modules["unet"], modules["vae"], encoders, [],
+                           scheduler_cls.from_config(configs["scheduler"]))
 
 
 def _clip_kwargs(config: dict) -> dict:
@@ -87,17 +97,35 @@ def _same_shape(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     return strip(actual) == strip(expected)
 
 
-def check_layout(path, shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], standard: bool) -> None:
-    """One clear error for the first key that is missing or has the wrong shape."""
+def missing_keys(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> list[str]:
+    """Expected keys the file lacks (buffers a valid file may leave out are not counted)."""
+    return [k for k in expected if k not in shapes and not k.endswith(OPTIONAL_KEY_SUFFIXES)]
+
+
+def unexpected_keys(shapes, expected, architecture: Architecture) -> list[str]:
+    """Keys inside a part's prefix that its configs have no place for: weights the configs do not describe, which
+    loading would silently drop. Keys outside every part (EMA copies, schedule buffers) are training state."""
+    return [k for k in shapes
+            if k not in expected and part_of_key(k, architecture) is not None and not is_non_weight(k)]
+
+
+def check_layout(path, shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], standard: bool,
+                 architecture: Architecture, complete: bool = True) -> None:
+    """One clear error for the first key that has the wrong shape, is not part of the layout, or (when `complete`)
+    is missing."""
     what = "the standard full-size layout" if standard else "the configs stored in the file"
     for key, shape in expected.items():
-        if key not in shapes:
-            if key.endswith(OPTIONAL_KEY_SUFFIXES):
-                continue
-            raise fail(path, f"missing weight {key} ({what} needs it; is the file complete?)")
-        if not _same_shape(shapes[key], shape):
+        if key in shapes and not _same_shape(shapes[key], shape):
             hint = " (only full-size SD1.5/SDXL files or files written by tunelab can be loaded)" if standard else ""
             raise fail(path, f"{key} has shape {list(shapes[key])}, {what} expects {list(shape)}{hint}")
+    unexpected = unexpected_keys(shapes, expected, architecture)
+    if unexpected:
+        raise fail(path, f"unexpected weight {unexpected[0]} ({what} has no place for it"
+                         f"{f'; {len(unexpected) - 1} more' if len(unexpected) > 1 else ''})")
+    missing = missing_keys(shapes, expected)
+    if complete and missing:
+        raise fail(path, f"missing weight {missing[0]} ({what} needs it; is the file complete?"
+                         f"{f' {len(missing) - 1} more missing' if len(missing) > 1 else ''})")
 
 
 # ---- save --------------------------------------------------------------------------------------------------------
@@ -169,40 +197,39 @@ class Layout:
     expected: dict[str, tuple[int, ...]]  # original-layout key → shape
 
 
-def validated_layout(path, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> Layout:
-    """Architecture and configs of a single file whose keys/shapes are `shapes`; raises on any mismatch."""
+def validated_layout(path, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], complete: bool = True) -> Layout:
+    """Architecture and configs of a single file whose keys/shapes are `shapes`; raises on any mismatch (on a
+    missing key only when `complete`: `tunelab info` reports those per part instead)."""
     architecture = architecture_from_keys(shapes, path)
     configs, standard = configs_for(path, architecture, metadata)
     try:
         expected = expected_layout(architecture, configs)
     except (TypeError, ValueError, KeyError) as e:
         raise fail(path, f"stored configs cannot build a model ({type(e).__name__}: {e})") from None
-    check_layout(path, shapes, expected, standard)
+    check_layout(path, shapes, expected, standard, architecture, complete)
     return Layout(architecture, configs, expected)
 
 
 def components_from_ldm(
     state_dict: dict[str, torch.Tensor], architecture: Architecture, configs: dict[str, dict], *, dtype, source="", path=""
 ) -> ModelComponents:
-    """Modules from an original-layout state dict, via diffusers' single-file converters (offline config folder)."""
+    """Modules from an original-layout state dict: our own key mapping (`ldm_to_parts`), modules built with empty
+    weights from `configs`, each tensor assigned (cast to `dtype`, not copied otherwise); then checked complete."""
     import diffusers
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from accelerate import init_empty_weights
 
-    folder = str(materialize_config_folder(architecture, configs))
-    common = dict(config=folder, torch_dtype=dtype, local_files_only=True)
+    where = path or source
     try:
-        unet = diffusers.UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **common)
-        vae = diffusers.AutoencoderKL.from_single_file(state_dict, subfolder="vae", **common)
-        encoders = [create_diffusers_clip_model_from_ldm(CLIPTextModel, state_dict, subfolder="text_encoder", **common)]
-        if architecture == "sdxl":
-            encoders.append(
-                create_diffusers_clip_model_from_ldm(
-                    CLIPTextModelWithProjection, state_dict, subfolder="text_encoder_2", **common
-                )
-            )
-    except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise fail(path or source, f"diffusers could not convert the checkpoint ({type(e).__name__}: {e})") from None
+        parts, unplaced = ldm_to_parts(state_dict, architecture, configs)
+    except (ValueError, KeyError, TypeError) as e:
+        raise fail(where, f"stored configs do not describe a single-file layout ({type(e).__name__}: {e})") from None
+    if unplaced:
+        raise fail(where, f"unexpected weight {unplaced[0]} (no module of the model has a place for it)")
+    with init_empty_weights():  # parameters on meta until assigned; buffers (CLIP position_ids) real
+        modules = build_modules(architecture, configs)
+    for name, module in modules.items():
+        assign_weights(module, parts[name], dtype, where, name)
+        module.eval()
     scheduler = getattr(diffusers, configs["scheduler"]["_class_name"]).from_config(configs["scheduler"])
     extra = {}
     if architecture == "sdxl":
@@ -210,6 +237,27 @@ def components_from_ldm(
         if CLIP_G_PREFIX + "logit_scale" in state_dict:
             extra["logit_scale"] = float(state_dict[CLIP_G_PREFIX + "logit_scale"])
     tokenizers = [clip_tokenizer(pad_token=pad) for pad in TOKENIZER_PADS[architecture].values()]
-    for module in (unet, vae, *encoders):
-        module.eval()
-    return ModelComponents(architecture, unet, vae, encoders, tokenizers, scheduler, source=source, extra=extra)
+    encoders = [modules[p] for p in ("text_encoder", "text_encoder_2") if p in modules]
+    components = ModelComponents(architecture, modules["unet"], modules["vae"], encoders, tokenizers, scheduler,
+                                 source=source, extra=extra)
+    check_nothing_on_meta(components, where)
+    return components
+
+
+def assign_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], dtype, path, part: str) -> None:
+    """Every tensor of `module`'s state dict from `tensors` (exactly those keys, same shapes), floats cast to
+    `dtype`; the module takes the tensors themselves (`assign=True`: no second copy of the model in memory)."""
+    expected = module.state_dict()
+    if not any(k.startswith("text_model.") for k in expected):  # transformers ≥ 5.6 CLIPTextModel has no such level
+        tensors = {k.removeprefix("text_model."): v for k, v in tensors.items()}
+    for key, reference in expected.items():
+        if key not in tensors:
+            raise fail(path, f"{part}: weight {key} was not found in the file")
+        if tensors[key].shape != reference.shape:
+            raise fail(path, f"{part}: weight {key} has shape {list(tensors[key].shape)}, the model expects "
+                             f"{list(reference.shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise fail(path, f"{part}: unexpected weight {extra[0]} (the model has no place for it)")
+    cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    module.load_state_dict(cast, strict=True, assign=True)
