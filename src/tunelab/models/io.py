@@ -164,10 +164,10 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     tmp = atomic.temp_folder(target.parent, f".{target.name}.", ".tmp")
     try:
         yield tmp
+        atomic.plain_modes(tmp)  # never owner-only, whatever the libraries that wrote into it did
         old = None
         if target.exists():  # renamed onto a fresh empty folder, deleted once the new one is in place
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        atomic.plain_modes(tmp)  # never owner-only, whatever the libraries that wrote into it did
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:
