@@ -230,15 +230,22 @@ def train(
     config: Path = typer.Argument(..., help="Run config TOML (tables model, data, train, text_encoder, unet, loss, optimizer, checkpoint, logging, validation)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print trainable parameters per block and the total %; train nothing."),
     resume: Optional[str] = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' in the run's output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run already in train.output_dir and start again."),
 ) -> None:
-    """Fine-tune a model: text encoders off / on / only, all or part of the UNet, exact resume, accelerate launch."""
+    """Fine-tune a model: text encoders off / on / only, all or part of the UNet, exact resume, accelerate launch.
+    A folder that already holds a run is refused unless --resume continues it or --overwrite replaces it."""
     from tunelab.train.config import load_run_config
     from tunelab.train.recipe import dry_run as trainable_report
     from tunelab.train.recipe import run_training
+    from tunelab.train.run_folder import check_run_folder
 
     run_config = load_run_config(config)
     if dry_run:
         typer.echo(trainable_report(run_config))
+        return
+    finished = check_run_folder(run_config, resume=resume, overwrite=overwrite)
+    if finished:
+        typer.echo(finished)
         return
     run_training(run_config, resume=resume)
 
