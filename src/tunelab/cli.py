@@ -41,17 +41,20 @@ def _root(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs."),
     steps: int = typer.Option(300, help="Optimizer steps per finetune."),
-    modes: str = typer.Option("off,on", help="Text-encoder modes to compare (off, on, only)."),
-    samples: int = typer.Option(16, help="Judged samples per evaluation prompt."),
+    settings: str = typer.Option("te-off,te-on,te-only,te-on-sdxl-71",
+                                 help="Settings to compare: te-off, te-on, te-only, te-on-sdxl-71."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Training seeds per setting (intervals then cover seed spread)."),
+    samples: int = typer.Option(16, help="Judged samples per probe prompt."),
     quick: bool = typer.Option(False, help="A fast smoke run (few steps and samples): checks, not findings."),
 ) -> None:
-    """Run the built-in toy world end to end: data → prepare → finetune per text-encoder mode → measure → grid."""
+    """Run the built-in toy world end to end: data → prepare → finetune per setting and seed → score → grid →
+    findings."""
     from tunelab.demo import run_demo
 
     if quick:
         steps, samples = min(steps, 12), min(samples, 2)
-    run_demo(out, modes=tuple(m.strip() for m in modes.split(",")), steps=steps, samples_per_prompt=samples,
-             quick=quick)
+    run_demo(out, settings=tuple(s.strip() for s in settings.split(",") if s.strip()), seeds=seeds, steps=steps,
+             samples_per_prompt=samples, quick=quick)
 
 
 @app.command()
@@ -268,7 +271,41 @@ def sweep(
         return
     result = run_sweep(planned, progress=not quiet)
     typer.echo("\n" + format_summary(result.record, result.validation))
+    if result.scoreboard is not None:
+        from tunelab.sweep.scoring import format_ranking
+
+        score = planned.config.score
+        typer.echo("\nwhich setting was best (scored with " + planned.config.score.probes.name + "):")
+        typer.echo(format_ranking(result.scoreboard, score.retain_weight, score.contamination_max))
     typer.echo(f"sweep record: {result.record.path}" + (f"\nreport: {result.report}" if result.report else ""))
+
+
+@app.command()
+def score(
+    probes: Path = typer.Argument(..., help="PROBES.toml: concepts, their prompts and roles, what the judge must see."),
+    base: Path = typer.Option(..., "--base", help="The base model (any loadable form): the reference column."),
+    checkpoint: list[str] = typer.Option([], "--checkpoint", help="PATH or NAME=PATH; repeat NAME for each training seed of one setting."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="toy | tagger | clip (default: the probes file's)."),
+    judge_path: Optional[Path] = typer.Option(None, "--judge-path", help="The tagger's or CLIP model's folder."),
+    out: Path = typer.Option(Path("runs/score"), "--out", help="Folder for scoreboard.json and the judged images."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per sampling call."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Score concepts on the base and each checkpoint with the same seeds: pass rates, change against the base and
+    contamination, each with a 95 % interval, and a verdict per concept (learned / kept / forgotten / inconclusive)."""
+    from tunelab.score.judges import make_judge
+    from tunelab.score.probes import load_probes
+    from tunelab.score.run import parse_checkpoint_arg, plan_runs, score_models
+    from tunelab.score.table import format_scoreboard
+
+    loaded = load_probes(probes)
+    options = loaded.spec.judge_options
+    chosen = make_judge(judge or loaded.spec.judge, judge_path or options.path,
+                        general_threshold=options.general_threshold, character_threshold=options.character_threshold)
+    runs = plan_runs(base, [parse_checkpoint_arg(c) for c in checkpoint])
+    board = score_models(loaded, chosen, runs, out, batch_size=batch_size, progress=not quiet, log=typer.echo)
+    typer.echo(format_scoreboard(board))
+    typer.echo(f"wrote {out / 'scoreboard.json'}")
 
 
 @app.command()
@@ -320,30 +357,33 @@ def toy_base(
 
 @toy_app.command("score")
 def toy_score(
-    models: list[str] = typer.Argument(..., help="Checkpoints (any loadable format); 'base' = the shipped toy base."),
-    samples: int = typer.Option(16, "--samples", help="Samples per prompt (DESIGN: >= 96 samples per measure)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the scores as scoreboard.json (`tunelab report` reads it)."),
+    models: list[str] = typer.Argument(..., help="Checkpoints (any loadable form; PATH or NAME=PATH, a repeated NAME = another training seed); 'base' = the shipped toy base."),
+    samples: int = typer.Option(16, "--samples", help="Samples per probe prompt."),
+    out: Path = typer.Option(Path("runs/toy-score"), "--out", help="Folder for scoreboard.json (`tunelab report` reads it) and the judged images."),
+    judge: str = typer.Option("toy", "--judge", help="toy (pixel rules) or tagger (a WD-layout folder, e.g. from `tunelab toy tagger`)."),
+    judge_path: Optional[Path] = typer.Option(None, "--judge-path", help="The tagger's folder."),
     threads: int = typer.Option(2, "--threads", help="CPU threads (torch.set_num_threads)."),
 ) -> None:
-    """Judge toy-world models: per concept, the share of samples that show what the prompt asked for."""
+    """`tunelab score` with the toy world's probes file: per concept the pass rate, change against the base and
+    contamination, with intervals and verdicts."""
     import torch
 
-    from tunelab import atomic
-    from tunelab.demo import format_scoreboard
-    from tunelab.models.io import load_model, model_label
+    from tunelab.score.run import parse_checkpoint_arg
+    from tunelab.score.table import format_scoreboard
     from tunelab.toy.base_model import TOY_BASE_DIR
-    from tunelab.toy.evaluation import EvalSettings, evaluate_model
+    from tunelab.toy.evaluation import score_toy_models
 
     torch.set_num_threads(threads)
-    paths = {("base" if m == "base" else model_label(m)): (TOY_BASE_DIR if m == "base" else Path(m)) for m in models}
-    if len(paths) < len(models):
-        raise TunelabError("two models have the same label; score them in separate calls")
-    settings = EvalSettings(samples_per_prompt=samples)
-    scores = {label: evaluate_model(load_model(path), settings, progress=True) for label, path in paths.items()}
-    typer.echo(format_scoreboard(scores))
-    if out:
-        atomic.write_json(out, {"scores": scores, "models": {label: str(path) for label, path in paths.items()}})
-        typer.echo(f"wrote {out}")
+    settings: dict[str, list[Path]] = {"base": [TOY_BASE_DIR]}
+    for model in models:
+        if model == "base":
+            continue
+        name, path = parse_checkpoint_arg(model)
+        settings.setdefault(name, []).append(path)
+    board = score_toy_models(settings, out, samples_per_prompt=samples, judge=judge, judge_path=judge_path,
+                             progress=True, log=typer.echo)
+    typer.echo(format_scoreboard(board))
+    typer.echo(f"wrote {out / 'scoreboard.json'}")
 
 
 def main() -> None:

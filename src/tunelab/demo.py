@@ -4,12 +4,16 @@
    "inkwell" outline style, quality tags) as a folder of PNGs with booru-style `.txt` tags;
 2. prepares it: SQLite index, aspect buckets, latent cache (the demo's captions change every epoch, so no
    text-embedding cache);
-3. finetunes the shipped toy base once per text-encoder mode (default: off and on; tags shuffled and half of them
-   dropped, subject tag kept), with the retention validation loss logged to TensorBoard during training;
-4. measures every model against the base: per concept how often the judge sees what the prompt asked for
-   (learned: zorb, kiko; kept: known shapes, cars, mira, locations), and the deterministic validation loss per
-   timestep band on the retention set (what the base drew from the prompts that must survive);
-5. renders an XYZ grid, one checkpoint per column, with A1111 infotext in every cell.
+3. finetunes the shipped toy base once per setting and training seed (text encoders off / on / only, and on with
+   the `sdxl-71` part of the UNet; tags shuffled and half of them dropped, subject tag kept), with the retention
+   validation loss logged to TensorBoard during training;
+4. measures every model against the base with `tunelab score`'s own code and the toy probes file: per concept the
+   share of judged images showing what it should (targets: zorb, kiko; retain: known shapes, cars, mira,
+   locations), its paired change against the base and the targets' contamination, each with a 95 % interval and a
+   verdict; and the deterministic validation loss per timestep band on the retention set;
+5. renders an XYZ grid, one checkpoint per column, with A1111 infotext in every cell;
+6. tests the practitioner's statements (toy/findings.py) on those measurements: holds / does not hold /
+   inconclusive, each with its effect and interval.
 
 Every step writes the same files the CLI commands do (configs included), so each can be re-run on its own."""
 
@@ -17,13 +21,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
 from tunelab import atomic
+from tunelab.errors import TunelabError
 
-RUN_TOML = """# written by tunelab (demo / bench); `tunelab train {mode}.toml` re-runs this finetune
+RUN_TOML = """# written by tunelab (demo / bench); `tunelab train {name}.toml` re-runs this finetune
 [model]
 path = "{base}"
 
@@ -34,10 +40,10 @@ buckets = {{ resolution = 32, step = 8, min_side = 16, max_side = 64 }}
 cache = {{ dir = "cache-{mode}", latents = true, text_embeddings = {text_cache} }}
 {captions}
 [train]
-output_dir = "run-{mode}"
+output_dir = "run-{name}"
 max_steps = {steps}
 batch_size = {batch_size}
-seed = 0
+seed = {seed}
 prior_loss_weight = {prior_loss_weight}
 
 [text_encoder]
@@ -46,6 +52,7 @@ learning_rate = {te_lr}
 
 [unet]
 learning_rate = {lr}
+preset = "{unet_preset}"
 
 [checkpoint]
 every_n_epochs = 0
@@ -76,18 +83,21 @@ TOY_FINETUNE_CAPTIONS = MappingProxyType({"shuffle_caption": True, "keep_tokens"
 def toy_run_toml(*, base: Path, mode: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-5,
                  text_encoder_learning_rate: float | None = None, captions: Mapping = TOY_FINETUNE_CAPTIONS,
                  retention_prompts: list[str] | None = None, validation_samples: int = 4,
-                 regularisation_folder: str | None = None, prior_loss_weight: float = 1.0) -> str:
+                 regularisation_folder: str | None = None, prior_loss_weight: float = 1.0,
+                 name: str | None = None, seed: int = 0, unet_preset: str = "full") -> str:
     """The run config of a toy finetune (folder `images/` next to it); latents cached, text embeddings too when the
     text encoders are frozen and the captions the same every epoch; a [validation] table on the retention prompts
     when given. `learning_rate` is the UNet's, and the text encoders' too unless `text_encoder_learning_rate` is
     given. `captions`: the [data.captions] caption policy; {} trains on the captions as written.
     `regularisation_folder`: a second folder next to it whose images are regularisation images (is_reg), their
-    loss weighted by `prior_loss_weight`."""
+    loss weighted by `prior_loss_weight`. `name`: the run folder is run-<name> (default: the mode); `seed`: the
+    training seed; `unet_preset`: which part of the UNet trains (train/parameters.py presets)."""
     from tunelab.data.caption_config import CaptionConfig
 
     te_lr = learning_rate if text_encoder_learning_rate is None else text_encoder_learning_rate
     fixed_captions = CaptionConfig(**captions).is_deterministic()
-    text = RUN_TOML.format(base=base, mode=mode, steps=steps, batch_size=batch_size, lr=learning_rate, te_lr=te_lr,
+    text = RUN_TOML.format(base=base, mode=mode, name=name or mode, seed=seed, unet_preset=unet_preset, steps=steps,
+                           batch_size=batch_size, lr=learning_rate, te_lr=te_lr,
                            text_cache="true" if mode == "off" and fixed_captions else "false",
                            captions=f"captions = {_toml_table(captions)}\n" if captions else "",
                            reg_source=(f', {{ type = "folder", path = {json.dumps(regularisation_folder)}, is_reg = true }}'
@@ -140,27 +150,48 @@ def _toml_table(values: dict) -> str:
 DEMO_LEARNING_RATE = 1e-4
 
 
-def run_demo(out: Path, *, modes: tuple[str, ...] = ("off", "on"), steps: int = 300, batch_size: int = 16,
-             learning_rate: float = DEMO_LEARNING_RATE, text_encoder_learning_rate: float | None = None,
-             images: int = 48, samples_per_prompt: int = 16, quick: bool = False) -> dict:
+@dataclass(frozen=True)
+class ToySetting:
+    """One finetune setting of the demo: text-encoder mode and which part of the UNet trains."""
+
+    name: str
+    mode: str
+    unet_preset: str = "full"
+
+
+# The settings the practitioner compared (DESIGN.md): text encoders off / on / only, and on with part of the UNet.
+DEMO_SETTINGS = {s.name: s for s in (ToySetting("te-off", "off"), ToySetting("te-on", "on"),
+                                      ToySetting("te-only", "only"), ToySetting("te-on-sdxl-71", "on", "sdxl-71"))}
+
+
+def run_demo(out: Path, *, settings: tuple[str, ...] = tuple(DEMO_SETTINGS), seeds: int = 1, steps: int = 300,
+             batch_size: int = 16, learning_rate: float = DEMO_LEARNING_RATE,
+             text_encoder_learning_rate: float | None = None, images: int = 48, samples_per_prompt: int = 16,
+             quick: bool = False) -> dict:
+    """Every stage on the toy world; each setting trained once per training seed (0, 1, …)."""
     from tunelab.data.cache_runner import build_caches
     from tunelab.data.config import load_data_config
     from tunelab.data.prepare import prepare_dataset
     from tunelab.evaluate.grid import render_grid
     from tunelab.evaluate.grid_config import load_grid_config
-    from tunelab.models.io import load_model
     from tunelab.report.build import write_report
+    from tunelab.score.table import format_scoreboard
     from tunelab.toy.base_model import TOY_BASE_DIR
-    from tunelab.toy.evaluation import EvalSettings, evaluate_model, evaluation_prompts
+    from tunelab.toy.evaluation import retention_prompts, score_toy_models
+    from tunelab.toy.findings import format_findings, write_findings
     from tunelab.toy.world import write_dataset
     from tunelab.train.config import load_run_config
     from tunelab.train.recipe import run_training
     from tunelab.validate.run import format_table, validate_checkpoints
 
+    unknown = [name for name in settings if name not in DEMO_SETTINGS]
+    if unknown:
+        raise TunelabError(f"unknown demo setting {unknown[0]!r} (known: {', '.join(DEMO_SETTINGS)})")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    started = clock
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -168,74 +199,72 @@ def run_demo(out: Path, *, modes: tuple[str, ...] = ("off", "on"), steps: int = 
         timings[name] = round(now - clock, 1)
         clock = now
 
-    print(f"[1/5] toy finetune world → {out / 'images'}")
+    print(f"[1/6] toy finetune world → {out / 'images'}")
     write_dataset(out / "images", "finetune", count=images, progress=False)
     lap("dataset")
 
-    retention_prompts = [p.prompt for p in evaluation_prompts() if p.group == "retention"]
-    configs = {}
-    for mode in modes:
-        config = out / f"{mode}.toml"
-        atomic.write_text(config, toy_run_toml(base=TOY_BASE_DIR, mode=mode, steps=steps, batch_size=batch_size,
-                                               learning_rate=learning_rate,
-                                               text_encoder_learning_rate=text_encoder_learning_rate,
-                                               retention_prompts=retention_prompts,
-                                               validation_samples=2 if quick else 4))
-        configs[mode] = config
+    configs: dict[str, list[Path]] = {}
+    for name in settings:
+        setting = DEMO_SETTINGS[name]
+        for seed in range(seeds):
+            run_name = name if seeds == 1 else f"{name}-seed{seed}"
+            config = out / f"{run_name}.toml"
+            atomic.write_text(config, toy_run_toml(base=TOY_BASE_DIR, mode=setting.mode, name=run_name, seed=seed,
+                                                   unet_preset=setting.unet_preset, steps=steps,
+                                                   batch_size=batch_size, learning_rate=learning_rate,
+                                                   text_encoder_learning_rate=text_encoder_learning_rate,
+                                                   retention_prompts=retention_prompts(),
+                                                   validation_samples=2 if quick else 4))
+            configs.setdefault(name, []).append(config)
 
-    print("[2/5] prepare: index, buckets, caches")
-    for mode, config in configs.items():
+    print("[2/6] prepare: index, buckets, caches")
+    for config in [c for paths in configs.values() for c in paths]:
         prepare_dataset(load_data_config(config), progress=False)
         build_caches(config, progress=False)
     lap("prepare")
 
-    checkpoints = {}
-    for mode, config in configs.items():
-        te_lr = "" if mode == "off" or text_encoder_learning_rate is None \
-            else f", text encoders {text_encoder_learning_rate:g}"
-        print(f"[3/5] finetune, text encoders {mode}: {steps} steps, batch {batch_size}, lr {learning_rate:g}{te_lr}")
-        started = time.perf_counter()
-        run_training(load_run_config(config))
-        timings[f"train_{mode}"] = round(time.perf_counter() - started, 1)
-        checkpoints[mode] = out / f"run-{mode}" / "checkpoints" / f"step-{steps:06d}" / "model"
-    clock = time.perf_counter()
+    checkpoints: dict[str, list[Path]] = {}
+    for name, paths in configs.items():
+        setting = DEMO_SETTINGS[name]
+        for seed, config in enumerate(paths):
+            part = "" if setting.unet_preset == "full" else f", UNet preset {setting.unet_preset}"
+            print(f"[3/6] finetune {name} (text encoders {setting.mode}{part}), training seed {seed}: {steps} steps, "
+                  f"batch {batch_size}, lr {learning_rate:g}")
+            run = load_run_config(config)
+            run_training(run)
+            checkpoints.setdefault(name, []).append(Path(run.train.output_dir) / "checkpoints" / f"step-{steps:06d}" / "model")
+    lap("train")
 
-    print("[4/5] measure: concepts learned / kept (judged samples) and retention validation loss")
-    settings = EvalSettings(samples_per_prompt=samples_per_prompt)
-    models = {"base": TOY_BASE_DIR, **{f"te-{m}": p for m, p in checkpoints.items()}}
-    scores = {name: evaluate_model(load_model(path), settings) for name, path in models.items()}
-    validation = validate_checkpoints(next(iter(configs.values())), list(checkpoints.values()),
-                                      output=out / "validation.json", progress=False)
-    lap("measure")
+    print(f"[4/6] measure: {samples_per_prompt} judged samples per probe prompt (same seeds for every model), "
+          "retention validation loss")
+    board = score_toy_models({"base": [TOY_BASE_DIR], **checkpoints}, out / "score",
+                             samples_per_prompt=samples_per_prompt, log=lambda line: None)
+    lap("score")
+    first_seed = [paths[0] for paths in checkpoints.values()]
+    validation = validate_checkpoints(configs[settings[0]][0], first_seed, output=out / "validation.json", progress=False)
+    lap("validate")
 
-    print("[5/5] XYZ grid: one checkpoint per column")
-    atomic.write_text(out / "grid.toml", GRID_TOML.format(checkpoints=_toml_list(models.values())))
+    print("[5/6] XYZ grid: one checkpoint per column (training seed 0)")
+    atomic.write_text(out / "grid.toml", GRID_TOML.format(checkpoints=_toml_list([TOY_BASE_DIR, *first_seed])))
     grid_files = render_grid(load_grid_config(out / "grid.toml"), progress=False)
     lap("grid")
 
-    report = {"scores": scores, "validation": validation, "timings_s": timings,
-              "grid": [str(p) for p in grid_files], "configs": {m: str(c) for m, c in configs.items()}}
-    atomic.write_json(out / "scoreboard.json", report)
+    print("[6/6] findings: the practitioner's statements, tested")
+    findings = write_findings(out / "score", out / "findings.json")
+    lap("findings")
+    timings["total"] = round(time.perf_counter() - started, 1)
+    summary = {"settings": list(settings), "seeds": seeds, "steps": steps, "timings_s": timings,
+               "grid": [str(p) for p in grid_files], "configs": {n: [str(c) for c in cs] for n, cs in configs.items()}}
+    atomic.write_json(out / "demo.json", summary)
     print()
-    print(format_scoreboard(scores))
+    print(format_scoreboard(board))
     print()
     print(format_table(validation))
+    print()
+    print(format_findings(findings))
     print(f"\ntimes (s): {json.dumps(timings)}")
-    print(f"outputs: {out}  (scoreboard.json, validation.json, grid/, run-*/tensorboard)")
+    print(f"outputs: {out}  (score/scoreboard.json, findings.json, validation.json, grid/, run-*/tensorboard)")
     print(f"report: {write_report(out)}  (open it in a browser)")
-    return report
+    return {**summary, "scoreboard": board, "findings": findings, "validation": validation}
 
 
-def format_scoreboard(scores: dict) -> str:
-    """Rows: groups then concepts; columns: models. Each value: share of samples the judge found correct."""
-    models = list(scores)
-    first = scores[models[0]]
-    rows = [(f"[{g}]", {m: scores[m]["per_group"][g] for m in models}) for g in first["per_group"]]
-    rows += [(c, {m: scores[m]["per_concept"][c] for m in models}) for c in first["per_concept"]]
-    rows += [(f"{c} with no prompt (chance)", {m: scores[m]["unconditional_chance"][c] for m in models})
-             for c in first["unconditional_chance"]]
-    rows += [(f"other prompts drawn as {c}", {m: scores[m]["leakage"][c] for m in models}) for c in first["leakage"]]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'correct share':<{width}}  " + "  ".join(f"{m:>8}" for m in models)]
-    lines += [f"{name:<{width}}  " + "  ".join(f"{values[m]:8.0%}" for m in models) for name, values in rows]
-    return "\n".join(lines)

@@ -13,7 +13,7 @@ from tunelab import __version__, atomic
 from tunelab.report.gallery import grid_views
 from tunelab.report.inputs import ReportInputs, ValidationResults, find_inputs
 from tunelab.report.plots import training_plot, validation_plot
-from tunelab.report.tables import Cell, Row, Table, loss_cell, scoreboard_table, validation_table
+from tunelab.report.tables import Cell, Row, Table, loss_cell, per_seed_table, scoreboard_table, validation_table
 from tunelab.report.training_curves import RunCurves, read_run_curves
 
 TEMPLATE = "report.html"
@@ -79,9 +79,8 @@ def training_section(inputs: ReportInputs) -> dict:
 def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
     folder = inputs.folder
     scoreboards = [{"source": _relative(path, folder), "table": scoreboard_table(board),
-                    "partial_credit": scoreboard_table(board, partial_credit=True)
-                    if any(s.per_concept_attributes for s in board.scores.values()) else None,
-                    "samples": sorted({s.samples_per_prompt for s in board.scores.values() if s.samples_per_prompt}),
+                    "per_seed": per_seed_table(board), "judge": board.judge,
+                    "samples": sorted({c.get("images", 0) for c in board.concepts if c.get("images")}),
                     "timings": board.timings_s}
                    for path, board in inputs.scoreboards]
     return {
@@ -91,6 +90,7 @@ def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
         "version": __version__,
         "absent": inputs.absent(),
         "scoreboards": scoreboards,
+        "findings": [{"source": _relative(path, folder), "rows": record.findings} for path, record in inputs.findings],
         "validations": [validation_section(path, results, folder) for path, results in inputs.validations],
         "training": training_section(inputs) if inputs.runs else None,
         "grids": [view for grid_folder, record in inputs.grids for view in grid_views(grid_folder, record, report_folder)],

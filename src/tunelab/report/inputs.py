@@ -1,6 +1,7 @@
 """What a report is built from, found in a run folder (or its direct sub-folders) and checked on load:
 
-  scoreboard.json    the demo's concept scores per model (`tunelab demo`)
+  scoreboard.json    concept scores per setting with intervals and verdicts (`tunelab score`, the demo)
+  findings.json      the practitioner's statements tested, each with effect, interval and verdict (the demo)
   validation.json    deterministic validation loss per model and timestep band (`tunelab validate`, the demo)
   grid.json          an XYZ grid folder: grid PNGs, cell PNGs, every cell's infotext (`tunelab grid`)
   tensorboard/       a training run's TensorBoard events (`tunelab train`): loss, learning rates, val/<set>/...
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunelab.config import parse_config
 from tunelab.errors import fail
@@ -27,18 +28,48 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
 
-class ModelScores(_Record):
-    per_group: dict[str, float]
-    per_concept: dict[str, float]
-    per_concept_attributes: dict[str, float] = {}
-    unconditional_chance: dict[str, float] = {}
-    leakage: dict[str, float] = {}
-    samples_per_prompt: Optional[int] = None
-
-
 class Scoreboard(_Record):
-    scores: dict[str, ModelScores] = Field(min_length=1)
+    """`tunelab score`'s scoreboard.json (score/summary.py): settings × concepts with intervals and verdicts."""
+
+    format: int
+    base: str
+    settings: list[str] = Field(min_length=1)
+    seeds: dict[str, int] = {}
+    concepts: list[dict] = Field(min_length=1)
+    results: dict[str, dict[str, dict]]
+    roles: dict[str, dict[str, dict]] = {}
+    judge: str = ""
+    probes: str = ""
     timings_s: dict[str, float] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_the_old_layout(cls, data):
+        if isinstance(data, dict) and "scores" in data and "format" not in data:
+            raise ValueError("an older scoreboard (shares without intervals): re-run `tunelab score` on these models")
+        return data
+
+    @field_validator("format")
+    @classmethod
+    def _current(cls, value: int) -> int:
+        if value != 2:
+            raise ValueError(f"scoreboard format {value} is not read by this tunelab (2 is): re-run `tunelab score`")
+        return value
+
+
+class FindingRecord(_Record):
+    statement: str
+    comparison: str
+    effect: Optional[dict] = None
+    verdict: str
+    detail: str = ""
+
+
+class FindingsRecord(_Record):
+    """findings.json (`tunelab findings`, the demo): the practitioner's statements, each with a verdict."""
+
+    source: str = ""
+    findings: list[FindingRecord] = Field(min_length=1)
 
 
 class ValidatedModel(_Record):
@@ -74,6 +105,7 @@ class GridRecord(_Record):
 class ReportInputs:
     folder: Path
     scoreboards: list[tuple[Path, Scoreboard]] = field(default_factory=list)
+    findings: list[tuple[Path, FindingsRecord]] = field(default_factory=list)
     validations: list[tuple[Path, ValidationResults]] = field(default_factory=list)
     grids: list[tuple[Path, GridRecord]] = field(default_factory=list)  # (grid folder, its grid.json)
     runs: list[Path] = field(default_factory=list)  # folders holding a tensorboard/ with event files
@@ -116,6 +148,8 @@ def find_inputs(folder: str | Path) -> ReportInputs:
     for place in _candidates(inputs.folder):
         if (place / "scoreboard.json").is_file():
             inputs.scoreboards.append((place / "scoreboard.json", read_json_record(place / "scoreboard.json", Scoreboard)))
+        if (place / "findings.json").is_file():
+            inputs.findings.append((place / "findings.json", read_json_record(place / "findings.json", FindingsRecord)))
         if (place / "validation.json").is_file():
             inputs.validations.append((place / "validation.json",
                                        read_json_record(place / "validation.json", ValidationResults)))

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from tunelab.report.inputs import Scoreboard, ValidationResults
 from tunelab.report.plots import band_label
 
-# The toy world's concept groups (toy/evaluation.py) and what a finetune should do to each.
-GROUP_ROLES = {"known": "kept", "retention": "kept", "half-known": "learned", "unknown": "learned"}
 FULL_COLOUR_AT = 0.5  # a change of 50 points (scores) or 50 % (losses) gets the strongest colour
 
 
@@ -49,22 +47,6 @@ def percent(share: float) -> str:
     return f"{share:.1%}" if 0 < share < 0.1 else f"{share:.0%}"
 
 
-def points(change: float) -> str:
-    """A change in percentage points: "+12", "-0.3" (small changes keep a decimal), "±0"."""
-    change *= 100
-    if change == 0:
-        return "±0"
-    return f"{change:+.1f}" if abs(change) < 1 else f"{change:+.0f}"
-
-
-def share_cell(value: float, first: float | None, higher_is_better: bool | None, column: str) -> Cell:
-    """A share (0..1) as a percentage; its change against the first column in percentage points."""
-    if first is None:
-        return Cell(percent(value), title=f"{column}: {value:.1%}")
-    return Cell(percent(value), points(value - first), change_style(value - first, higher_is_better),
-                f"{column}: {value:.1%} ({100 * (value - first):+.1f} points vs the first column)")
-
-
 def loss_cell(value: float, reference: float | None, row: str, against: str = "the first row") -> Cell:
     """A loss; its relative change against a reference loss (lower loss is better)."""
     if reference is None or reference == 0:
@@ -74,60 +56,94 @@ def loss_cell(value: float, reference: float | None, row: str, against: str = "t
                 f"{row}: {value:.6g} ({100 * relative:+.1f}% vs {against})")
 
 
-def _concept_groups() -> dict[str, str]:
-    from tunelab.toy.evaluation import evaluation_prompts
-
-    return {p.concept: p.group for p in evaluation_prompts()}
+VERDICT_STYLES = {"learned": True, "improved": True, "kept": True, "forgotten": False, "not learned": False}
 
 
-def _share_row(label: str, values: dict[str, float | None], higher_is_better: bool | None, note: str = "") -> Row:
-    models = list(values)
-    first = values[models[0]]
-    cells = []
-    for i, model in enumerate(models):
-        value = values[model]
-        if value is None:
-            cells.append(Cell("–", title=f"{model}: not measured"))
-        else:
-            cells.append(share_cell(value, None if i == 0 or first is None else first, higher_is_better, model))
-    return Row(label, cells, note)
+def interval_text(estimate: dict, *, points: bool) -> str:
+    v, lo, hi = (100 * estimate[k] for k in ("value", "low", "high"))
+    if points:
+        return f"{v:+.0f} [{lo:+.0f}, {hi:+.0f}]"
+    return f"{v:.0f}% [{lo:.0f}, {hi:.0f}]"
 
 
-def scoreboard_table(board: Scoreboard, *, partial_credit: bool = False) -> Table:
-    """Rows: groups, then concepts by group, then the checks that keep "learned" honest (the concept without any
-    prompt, and other prompts drawn as it). Columns: models. With `partial_credit`: the share of expected
-    attributes shown instead of the share of fully correct images."""
-    scores = board.scores
-    table = Table(columns=list(scores))
+def _verdict_style(verdict: str) -> str:
+    good = VERDICT_STYLES.get(verdict)
+    if good is None:
+        return ""
+    return f"background-color: rgba({'46, 160, 67' if good else '218, 54, 51'}, 0.35)"
 
-    def values(pick) -> dict[str, float | None]:
-        return {model: pick(s) for model, s in scores.items()}
 
-    per_concept = (lambda s: s.per_concept_attributes) if partial_credit else (lambda s: s.per_concept)
-    if not partial_credit:
-        table.rows.append(Row("groups (mean of their concepts)", [], heading=True))
-        for group in dict.fromkeys(g for s in scores.values() for g in s.per_group):
-            table.rows.append(_share_row(group, values(lambda s: s.per_group.get(group)), True,
-                                         GROUP_ROLES.get(group, "")))
-    known_groups = _concept_groups()
-    concepts = list(dict.fromkeys(c for s in scores.values() for c in per_concept(s)))
-    by_group: dict[str, list[str]] = {}
-    for concept in concepts:
-        by_group.setdefault(known_groups.get(concept, "other"), []).append(concept)
-    for group, members in by_group.items():
-        role = GROUP_ROLES.get(group)
-        table.rows.append(Row(f"{group} concepts" + (f" (should be {role})" if role else ""), [], heading=True))
-        for concept in members:
-            table.rows.append(_share_row(concept, values(lambda s: per_concept(s).get(concept)), True))
-    if partial_credit:
-        return table
-    checks = [(f"{c} with no prompt (chance)", lambda s, c=c: s.unconditional_chance.get(c), None, "")
-              for c in dict.fromkeys(c for s in scores.values() for c in s.unconditional_chance)]
-    checks += [(f"other prompts drawn as {c}", lambda s, c=c: s.leakage.get(c), False, "lower is better")
-               for c in dict.fromkeys(c for s in scores.values() for c in s.leakage)]
-    if checks:
-        table.rows.append(Row("checks: is “learned” real?", [], heading=True))
-        table.rows += [_share_row(label, values(pick), better, note) for label, pick, better, note in checks]
+def estimate_cell(entry: dict | None, column: str, *, is_base: bool) -> Cell:
+    """A pass rate with its interval; for a finetune also the paired change against the base and the verdict."""
+    if not entry:
+        return Cell("–", title=f"{column}: not measured")
+    per_seed = entry.get("per_seed", [])
+    seeds = (f"; per training seed: {', '.join(percent(v) for v in per_seed)}" if len(per_seed) > 1 else "")
+    text = interval_text(entry["rate"], points=False)
+    if is_base or "change" not in entry:
+        return Cell(text, title=f"{column}: {text}{seeds}")
+    verdict = (entry.get("verdict") or {}).get("verdict", "")
+    reason = (entry.get("verdict") or {}).get("reason", "")
+    change = interval_text(entry["change"], points=True)
+    return Cell(text, f"{change} {verdict}".strip(), _verdict_style(verdict),
+                f"{column}: {text}, change {change} points{seeds}" + (f" — {verdict}: {reason}" if reason else ""))
+
+
+def scoreboard_table(board: Scoreboard) -> Table:
+    """Rows: concepts grouped by role (the probes file's roles), then each target's contamination, then the role
+    pools. Columns: settings, the base first. Every value with its 95 % interval; verdicts colour the cells."""
+    table = Table(columns=[s + (f" ({board.seeds[s]} seeds)" if board.seeds.get(s, 1) > 1 else "")
+                           for s in board.settings])
+    base_results = board.results[board.base]
+    titles = {"target": "targets (should be learned)", "retain": "retain (should be kept)", "uncond": "empty prompt"}
+    for role, title in titles.items():
+        concepts = [c for c in board.concepts if c["role"] == role and c["name"] in base_results]
+        if not concepts:
+            continue
+        table.rows.append(Row(title, [], heading=True))
+        for concept in concepts:
+            cells = [estimate_cell(board.results[s].get(concept["name"]), s, is_base=s == board.base)
+                     for s in board.settings]
+            table.rows.append(Row(concept["name"], cells, concept.get("group", "")))
+    targets = [c["name"] for c in board.concepts if c["role"] == "target" and c["name"] in base_results]
+    if targets:
+        table.rows.append(Row("contamination: a target drawn without being asked (lower is better)", [], heading=True))
+        for target in targets:
+            for where, label in (("retain", "in retain prompts"), ("uncond", "from the empty prompt")):
+                cells = []
+                for s in board.settings:
+                    found = (board.results[s].get(target) or {}).get("contamination", {})
+                    entry = {"rate": found[where], "change": found.get(f"{where}_change")} if where in found else None
+                    if entry and entry["change"] is None:
+                        entry.pop("change")
+                    cell = estimate_cell(entry, s, is_base=s == board.base)
+                    if entry and "change" in entry:
+                        cell.style = change_style(entry["change"]["value"], False)
+                    cells.append(cell)
+                table.rows.append(Row(f"{target} {label}", cells))
+    if board.roles:
+        table.rows.append(Row("roles: all their images pooled", [], heading=True))
+        for role in ("target", "retain"):
+            if any(role in board.roles.get(s, {}) for s in board.settings):
+                table.rows.append(Row(role, [estimate_cell(board.roles.get(s, {}).get(role), s, is_base=s == board.base)
+                                             for s in board.settings]))
+    return table
+
+
+def per_seed_table(board: Scoreboard) -> Table | None:
+    """Each training seed's own pass rate per concept (settings trained with several seeds only)."""
+    columns = [(s, k) for s in board.settings if board.seeds.get(s, 1) > 1 for k in range(board.seeds[s])]
+    if not columns:
+        return None
+    table = Table(columns=[f"{s} seed {k + 1}" for s, k in columns])
+    for concept in board.concepts:
+        if concept["name"] not in board.results[board.base]:
+            continue
+        cells = []
+        for s, k in columns:
+            values = (board.results[s].get(concept["name"]) or {}).get("per_seed", [])
+            cells.append(Cell(percent(values[k])) if k < len(values) else Cell("–"))
+        table.rows.append(Row(concept["name"], cells))
     return table
 
 

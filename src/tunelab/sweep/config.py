@@ -3,6 +3,7 @@ keep resolving against the base config's folder. Example:
 
     base = "run.toml"              # the run config every variant starts from
     output_dir = "runs/sweep"      # variant V trains into output_dir/V
+    seeds = [0, 1, 2]              # optional: every setting trained once per training seed (V-seed0, V-seed1, …)
     [matrix]                       # the cartesian product of these dotted-key overrides
     "text_encoder.mode" = ["off", "on"]
     "unet.learning_rate" = [1e-5, 3e-5]
@@ -12,6 +13,8 @@ keep resolving against the base config's folder. Example:
     [grid]                         # optional: one XYZ grid, base + every variant as columns
     prompts = ["1girl, kiko", "zorb", ""]
     seeds = [0, 1]
+    [score]                        # optional: score base + every variant, rank the settings by it
+    probes = "probes.toml"
 
 A variant's overrides are set into the base TOML's tables before it is parsed, so a wrong key or value is the usual
 one-line config error, for every variant before anything trains. Unquoted dotted keys (TOML nests them) and inline
@@ -54,6 +57,19 @@ class SweepGridConfig(StrictModel):
     dtype: Optional[Literal["fp32", "fp16", "bf16"]] = None
 
 
+class SweepScoreConfig(StrictModel):
+    """`tunelab score` over the base and every finished variant, and the ranking by it. Paths: relative to SWEEP.toml."""
+
+    probes: Path
+    judge: Optional[Literal["toy", "tagger", "clip"]] = None  # default: the probes file's
+    judge_path: Optional[Path] = None
+    samples_per_prompt: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    # rank by: mean target gain − mean retain loss (role pools' changes against the base, in points / 100)
+    retain_weight: float = Field(1.0, ge=0.0)
+    contamination_max: float = Field(0.10, ge=0.0, le=1.0)  # above this (point value), a variant is disqualified
+
+
 class NamedVariant(StrictModel):
     name: str
     set: dict[str, Any] = Field(default_factory=dict)
@@ -65,6 +81,8 @@ class SweepConfig(StrictModel):
     matrix: dict[str, Any] = Field(default_factory=dict)
     variants: list[NamedVariant] = Field(default_factory=list)
     grid: Optional[SweepGridConfig] = None
+    score: Optional[SweepScoreConfig] = None
+    seeds: Optional[list[int]] = Field(None, min_length=1)  # training seeds: each setting trained once per seed
 
 
 @dataclass
@@ -72,6 +90,7 @@ class Variant:
     name: str
     overrides: dict[str, Any]  # dotted key → value, in the order they are applied
     config: RunConfig  # resolved; train.output_dir = <sweep output_dir>/<name>
+    setting: str = ""  # the setting this run is one training seed of (= name when the sweep has no seeds list)
 
     @property
     def output_dir(self) -> Path:
@@ -191,8 +210,25 @@ def load_sweep(path: str | Path) -> Sweep:
     if not planned:
         raise fail(path, "no variants: give a [matrix] and/or [[variants]]")
     check_names([name for name, _ in planned], path)
-    variants = [Variant(name, overrides, variant_config(base_data, base_path.parent, name, overrides, output_dir, path))
-                for name, overrides in planned]
+    if config.seeds is not None:
+        if len(set(config.seeds)) < len(config.seeds):
+            raise fail(path, f"seeds: {config.seeds} repeats a seed")
+        if any("train.seed" in overrides for _, overrides in planned):
+            raise fail(path, "a variant sets train.seed, and `seeds` sets it too: use one of them")
+    runs = [(name, name, overrides) for name, overrides in planned] if config.seeds is None else [
+        (f"{name}-seed{seed}", name, {**overrides, "train.seed": seed}) for name, overrides in planned
+        for seed in config.seeds]
+    variants = [Variant(run, overrides, variant_config(base_data, base_path.parent, run, overrides, output_dir, path),
+                        setting)
+                for run, setting, overrides in runs]
+    if config.score is not None:
+        for key in ("probes", "judge_path"):
+            value = getattr(config.score, key)
+            if value is not None and not value.is_absolute():
+                setattr(config.score, key, (path.parent / value).resolve())
+        from tunelab.score.probes import load_probes
+
+        load_probes(config.score.probes)  # a bad probes file is found now, not after the training
     if config.grid is not None:  # a bad grid setting (e.g. a sampler name) is found now, not after the training
         from tunelab.sweep.grid import sweep_grid_config
 

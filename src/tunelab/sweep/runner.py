@@ -5,7 +5,8 @@ resumes from it; one that fails (bad value found at build time, NaN stop, out of
 its reason and the others still run. sweep.json is rewritten after every change.
 
 Then, into the sweep's output folder: validation.json (base + every finished variant, when the base config has a
-[validation] table), grid/ (when SWEEP.toml has a [grid]), report.html."""
+[validation] table), grid/ (when SWEEP.toml has a [grid]), score/ (scoreboard.json and judged images, when it has a
+[score]; models already scored are reused), report.html."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class SweepResult:
     record: SweepRecord
     validation: dict | None = None  # validate_checkpoints' results: models[0] = base, then the finished variants
     grids: list[Path] = field(default_factory=list)
+    scoreboard: dict | None = None  # `tunelab score` of base + finished variants, when SWEEP.toml has [score]
     report: Path | None = None
 
 
@@ -181,6 +183,11 @@ def run_sweep(sweep: Sweep, *, progress: bool = True) -> SweepResult:
             print("grid: base + finished variants as columns", flush=True)
             result.grids = render_sweep_grid(sweep, record, progress=progress)
         free_memory()
+        if sweep.config.score is not None:
+            from tunelab.sweep.scoring import score_sweep
+
+            result.scoreboard = score_sweep(sweep, record, progress=progress)
+            free_memory()
     try:
         from tunelab.report.build import write_report
 

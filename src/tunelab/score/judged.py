@@ -1,0 +1,139 @@
+"""Sample every probe with one model, judge every image, and keep the per-image verdicts in `judged.json` beside the
+images (PNG with A1111 infotext). One folder per model, so an interrupted `tunelab score` resumes without sampling
+again the models it finished: a folder whose `judged.json` carries the same probes fingerprint, judge and model is
+reused as it is.
+
+Judging runs once per image (`Judge.read`), then every expectation is checked on every image (`Judge.verdict` is
+cheap): a concept's pass values come from its own images; a target's contamination from the images of every
+retain and empty-prompt probe."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tunelab import atomic
+from tunelab.evaluate.infotext import model_hash, save_png_with_infotext
+from tunelab.evaluate.sampling import SampleRequest, SamplingEngine
+from tunelab.score.judges.base import Judge, Judged
+from tunelab.score.probes import Probe, Probes
+
+JUDGE_CHUNK = 64  # images per Judge.read call: a progress bar that moves, and bounded memory for big taggers
+
+
+@dataclass
+class JudgedModel:
+    """Per-image verdicts of one model, in each concept's probe order (prompt by prompt, seed by seed)."""
+
+    label: str
+    path: str
+    passed: dict[str, list[int]]  # concept → 0/1 per image of its own probes
+    score: dict[str, list[float]]
+    contamination: dict[str, dict[str, list[int]]]  # target → {"retain": 0/1 per retain image, "uncond": ...}
+    seconds: dict[str, float]
+
+    def to_dict(self, fingerprint: str, judge: str) -> dict:
+        return {"fingerprint": fingerprint, "judge": judge, "label": self.label, "model": self.path,
+                "passed": self.passed, "score": self.score, "contamination": self.contamination,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JudgedModel":
+        return cls(data["label"], data["model"], data["passed"], data["score"], data["contamination"],
+                   data.get("seconds", {}))
+
+
+def request_for(probe: Probe) -> SampleRequest:
+    s = probe.settings
+    return SampleRequest(prompt=probe.prompt, seed=probe.seed, negative_prompt=s.negative_prompt, steps=s.steps,
+                         cfg_scale=s.cfg_scale, sampler=s.sampler, width=s.width, height=s.height,
+                         clip_skip=s.clip_skip)
+
+
+def image_path(folder: Path, probe: Probe) -> Path:
+    return folder / "images" / _safe(probe.concept) / probe.file_name
+
+
+def _safe(name: str) -> str:
+    """A concept name as a folder name (names are free text in the probes file)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._") or "concept"
+
+
+def load_finished(folder: Path, fingerprint: str, judge: str, model: str) -> JudgedModel | None:
+    record = folder / "judged.json"
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable: judged again (written atomically, so only a foreign edit gets here)
+    if (data.get("fingerprint"), data.get("judge"), data.get("model")) != (fingerprint, judge, model):
+        return None
+    return JudgedModel.from_dict(data)
+
+
+def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str | Path, folder: Path, *,
+                     batch_size: int = 16, dtype: str | None = None, progress: bool = True) -> JudgedModel:
+    """Render every probe with the model at `model_path`, write the images, judge them, write `judged.json`."""
+    import torch
+
+    from tunelab.models.io import load_model, model_label
+
+    all_probes = probes.all_probes()
+    started = time.perf_counter()
+    model = load_model(model_path, dtype=dtype)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    engine = SamplingEngine(model, batch_size=batch_size, empty_prompt_as_zeros=probes.spec.empty_prompt_as_zeros,
+                            progress=progress)
+    requests = [request_for(p) for p in all_probes]
+    images = engine.render(requests)
+    del engine, model
+    gc.collect()
+    sampled = time.perf_counter()
+    name, short_hash = model_label(model_path), model_hash(model_path)
+    for probe, request, image in zip(all_probes, requests, images):
+        save_png_with_infotext(image, image_path(folder, probe), request.infotext(model=name, model_hash=short_hash))
+    written = time.perf_counter()
+
+    chunks = [images[k : k + JUDGE_CHUNK] for k in range(0, len(images), JUDGE_CHUNK)]
+    with tqdm(total=len(images), desc=f"judging ({judge.name})", unit="img", disable=not progress) as bar:
+        readings = []
+        for chunk in chunks:
+            readings.append(judge.read(chunk))
+            bar.update(len(chunk))
+    verdicts = _verdicts(probes, judge, readings, all_probes)
+    judged_at = time.perf_counter()
+    verdicts.label, verdicts.path = label, str(model_path)
+    verdicts.seconds = {"load_and_sample": round(sampled - started, 3), "write_images": round(written - sampled, 3),
+                        "judge": round(judged_at - written, 3), "images": len(images)}
+    atomic.write_json(folder / "judged.json", verdicts.to_dict(probes.fingerprint(), judge.name))
+    return verdicts
+
+
+def _verdicts(probes: Probes, judge: Judge, readings: list, all_probes: list[Probe]) -> JudgedModel:
+    def on_all(expectation) -> Judged:
+        parts = [judge.verdict(chunk, expectation) for chunk in readings]
+        return Judged(np.concatenate([p.passed for p in parts]), np.concatenate([p.score for p in parts]))
+
+    index: dict[str, list[int]] = {}
+    for i, probe in enumerate(all_probes):
+        index.setdefault(probe.concept, []).append(i)
+    others = {role: [i for c in probes.by_role(role) for i in index[c.name]] for role in ("retain", "uncond")}
+    passed, score, contamination = {}, {}, {}
+    for concept in probes.concepts:
+        if concept.role == "uncond" and not concept.has_expectation():
+            continue
+        judged = on_all(concept.expectation())
+        own = index[concept.name]
+        passed[concept.name] = judged.passed[own].astype(int).tolist()
+        score[concept.name] = [round(float(v), 5) for v in judged.score[own]]
+        if concept.role == "target":
+            contamination[concept.name] = {role: judged.passed[ids].astype(int).tolist() for role, ids in others.items()}
+    return JudgedModel("", "", passed, score, contamination, {})

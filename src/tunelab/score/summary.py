@@ -1,0 +1,109 @@
+"""From per-image verdicts to the scoreboard: per setting and concept the pass rate, its paired change against the
+base, a target's contamination (how often retain prompts and the empty prompt now show it), role-level pools, each
+with its 95 % interval (score/intervals.py), and a verdict (score/verdicts.py).
+
+A setting's runs are its training seeds: the arrays below are [seeds, images], and image i is the same (prompt,
+sampling seed) in every model, the base included — which is what makes the change paired."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tunelab.score import intervals, verdicts
+from tunelab.score.judged import JudgedModel
+from tunelab.score.probes import Probes
+
+FORMAT = 2
+
+
+def _stack(runs: list[JudgedModel], pick) -> np.ndarray:
+    return np.array([pick(run) for run in runs], dtype=np.float64)
+
+
+def _estimates(x: np.ndarray, b: np.ndarray | None, groups: np.ndarray) -> dict:
+    """Rate (and paired change against the base when `b` is given), each image group (a prompt, or a concept in a
+    pool) weighing the same; per-seed values for the report's per-seed view."""
+    if np.bincount(groups).min() < 2:
+        groups = np.zeros(x.shape[1], dtype=int)  # one image per prompt: no within-prompt noise to measure
+    rate = intervals.rate(x, groups=groups)
+    out = {"rate": rate.to_dict(), "per_seed": [round(float(v), 4) for v in _group_means(x, groups)]}
+    if b is not None:
+        out["change"] = intervals.change(x, b[0], groups=groups).to_dict()
+    return out
+
+
+def _group_means(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per seed: the mean over groups of each group's mean (what the estimate's value averages)."""
+    return np.mean([x[:, groups == g].mean(axis=1) for g in np.unique(groups)], axis=0)
+
+
+def _labels(counts: list[int]) -> np.ndarray:
+    return np.concatenate([np.full(n, k) for k, n in enumerate(counts)]) if counts else np.zeros(0, dtype=int)
+
+
+def summarise(probes: Probes, judged: dict[str, list[JudgedModel]], base: str = "base") -> dict:
+    thresholds = probes.spec.thresholds
+    settings = list(judged)
+    scored = [c for c in probes.concepts if c.name in judged[base][0].passed]
+    samples = {c.name: probes.settings_for(c).samples_per_prompt for c in probes.concepts}
+    prompt_groups = {c.name: _labels([samples[c.name]] * len(c.prompts)) for c in probes.concepts}
+    # contamination images: every retain (uncond) concept's images in probe order, grouped by concept
+    where_groups = {role: _labels([samples[c.name] * len(c.prompts) for c in probes.by_role(role)])
+                    for role in ("retain", "uncond")}
+    results: dict[str, dict] = {}
+    roles: dict[str, dict] = {}
+    for setting in settings:
+        runs, is_base = judged[setting], setting == base
+        per_concept = {}
+        for concept in scored:
+            x = _stack(runs, lambda r: r.passed[concept.name])
+            b = None if is_base else _stack(judged[base], lambda r: r.passed[concept.name])
+            entry = _estimates(x, b, prompt_groups[concept.name])
+            if concept.role == "target":
+                entry["contamination"] = _contamination(runs, judged[base], [concept.name], is_base, where_groups)
+            if not is_base:
+                entry["verdict"] = verdicts.concept_verdict(concept.role, entry, thresholds).to_dict()
+            per_concept[concept.name] = entry
+        results[setting] = per_concept
+        roles[setting] = {}
+        for role in ("target", "retain"):
+            members = [c.name for c in scored if c.role == role]
+            if not members:
+                continue
+            pool = lambda r: [v for name in members for v in r.passed[name]]  # noqa: E731 — one pool per role
+            x = _stack(runs, pool)
+            b = None if is_base else _stack(judged[base], pool)
+            entry = _estimates(x, b, _labels([len(judged[base][0].passed[name]) for name in members]))
+            if role == "target":
+                entry["contamination"] = _contamination(runs, judged[base], members, is_base, where_groups)
+            if not is_base:
+                entry["verdict"] = verdicts.concept_verdict(role, entry, thresholds).to_dict()
+            roles[setting][role] = entry
+    return {
+        "format": FORMAT,
+        "base": base,
+        "settings": settings,
+        "seeds": {s: len(judged[s]) for s in settings},
+        "concepts": [{"name": c.name, "role": c.role, "group": c.group, "prompts": c.prompts,
+                      "images": len(judged[base][0].passed.get(c.name, []))} for c in probes.concepts],
+        "thresholds": thresholds.model_dump(),
+        "results": results,
+        "roles": roles,
+    }
+
+
+def _contamination(runs: list[JudgedModel], base_runs: list[JudgedModel], targets: list[str], is_base: bool,
+                   where_groups: dict[str, np.ndarray]) -> dict:
+    """How often the targets' expectations pass on the retain prompts' and the empty prompt's images (several
+    targets: their checks pooled, each retain concept's images one group)."""
+    out = {}
+    for where in ("retain", "uncond"):
+        groups = np.tile(where_groups[where], len(targets))
+        if len(groups) < 2:
+            continue
+        pool = lambda r: [v for t in targets for v in r.contamination[t][where]]  # noqa: E731
+        found = _estimates(_stack(runs, pool), None if is_base else _stack(base_runs, pool), groups)
+        out[where] = found["rate"]
+        if "change" in found:
+            out[f"{where}_change"] = found["change"]
+    return out
