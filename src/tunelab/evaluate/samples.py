@@ -44,7 +44,8 @@ def render_checkpoint(
     name, short_hash = model_label(checkpoint), model_hash(checkpoint)
     engine = SamplingEngine(model, batch_size=batch_size, empty_prompt_as_zeros=empty_prompt_as_zeros, progress=progress)
     images = engine.render(requests)
-    infotexts = [request.infotext(model=name, model_hash=short_hash) for request in requests]
+    infotexts = [request.infotext(model=name, model_hash=short_hash, empty_as_zeros=empty_prompt_as_zeros)
+                 for request in requests]
     for image, info, file in zip(images, infotexts, files):
         save_png_with_infotext(image, file, info)
     del model, engine

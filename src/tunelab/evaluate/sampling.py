@@ -9,6 +9,7 @@ rendered alone or in a batch (up to float rounding)."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -16,12 +17,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from tunelab.errors import TunelabError
 from tunelab.evaluate.infotext import Infotext
 from tunelab.evaluate.prompt_syntax import parse_prompt
 from tunelab.evaluate.samplers import check_sampler, make_scheduler
 from tunelab.evaluate.text_kv_cache import text_kv_cache
 from tunelab.models.components import ModelComponents
 from tunelab.models.text_conditioning import chunk_token_ids, encode_prompts
+
+
+EMPTY_AS_ZEROS = "Empty prompt as zeros"  # infotext key of --empty-as-zeros / empty_prompt_as_zeros
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class SampleRequest:
     height: int = 512
     clip_skip: int | None = None
 
+    def __post_init__(self) -> None:
+        problem = settings_problem(self)
+        if problem:
+            raise TunelabError(problem)
+
     def settings_key(self) -> tuple:
         """What one pipeline call must share."""
         return (self.steps, self.cfg_scale, self.sampler, self.width, self.height, self.clip_skip)
@@ -45,7 +55,10 @@ class SampleRequest:
     def with_(self, **changes) -> "SampleRequest":
         return replace(self, **changes)
 
-    def infotext(self, model: str = "", model_hash: str = "") -> Infotext:
+    def infotext(self, model: str = "", model_hash: str = "", empty_as_zeros: bool = False) -> Infotext:
+        """`empty_as_zeros`: the engine encoded "" as the zero embedding; recorded when this image had an empty
+        prompt or negative prompt (it changed the image: a reader needs it to reproduce it)."""
+        zeros = empty_as_zeros and "" in (self.prompt, self.negative_prompt)
         return Infotext(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -58,7 +71,37 @@ class SampleRequest:
             model_hash=model_hash,
             model=model,
             clip_skip=self.clip_skip,
+            extra={EMPTY_AS_ZEROS: "True"} if zeros else {},
         )
+
+
+MAX_SEED = 2**32 - 1  # A1111 draws its random seeds below 2³² and other tools store seeds as 32-bit numbers
+
+
+def settings_problem(request: SampleRequest) -> str | None:
+    """Why the pipeline cannot render `request` (one line), before any model is loaded; None when it can."""
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value < 8 or value % 8:
+            nearest = max(8, round(value / 8) * 8)
+            return f"{name} {value}: must be a multiple of 8 (the VAE works on 8×8-pixel blocks), e.g. {nearest}"
+    if not 0 <= request.seed <= MAX_SEED:
+        return (f"seed {request.seed}: must be 0 to {MAX_SEED} (2³²−1, the range A1111's random seeds come from); "
+                "a prompt's further images take the next seeds, so start low enough")
+    if request.steps < 1:
+        return f"steps {request.steps}: must be at least 1"
+    if not math.isfinite(request.cfg_scale):
+        return f"cfg_scale {request.cfg_scale}: must be a finite number"
+    if request.clip_skip is not None and request.clip_skip < 1:
+        return f"clip_skip {request.clip_skip}: must be at least 1 (1 = the last layer)"
+    return None
+
+
+def check_clip_skip(request: SampleRequest, components: ModelComponents) -> None:
+    """clip_skip counts text-encoder layers from the end: it cannot exceed the model's layers."""
+    layers = min(encoder.config.num_hidden_layers for encoder in components.text_encoders)
+    if request.clip_skip is not None and request.clip_skip > layers:
+        raise TunelabError(f"clip_skip {request.clip_skip}: this model's text encoder has {layers} layers")
 
 
 class SamplingEngine:
@@ -92,6 +135,7 @@ class SamplingEngine:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             check_sampler(request.sampler)
+            check_clip_skip(request, self.components)
             for text in (request.prompt, request.negative_prompt):
                 if text not in chunks:
                     chunks[text] = self.chunk_count(text)

@@ -49,7 +49,7 @@ class SampleRenderer:
         folder = self.folder / f"step-{step:06d}"
         for i, (request, image) in enumerate(zip(requests, images)):
             save_png_with_infotext(image, folder / f"{i:03d}-seed{request.seed}.png",
-                                   request.infotext(model=f"step {step}"))
+                                   request.infotext(model=f"step {step}", empty_as_zeros=self.empty_as_zeros))
         if logger.writer is not None:
             grid = np.stack([np.asarray(image) for image in images])
             logger.writer.add_images("samples", grid, step, dataformats="NHWC")
