@@ -1,7 +1,9 @@
 """Draw one labelled grid image, A1111 style: column labels on top, row labels on the left, an optional title.
 
 Small images (the toy world's 32×32) are enlarged with nearest-neighbour so each cell is at least `MIN_CELL`
-pixels wide and labels fit; the per-cell PNGs keep their real size."""
+pixels wide and labels fit; the per-cell PNGs keep their real size. A label is wrapped to its cell and cut with
+"…" after as many lines as a cell is high (a 1,000-character prompt would otherwise run over the other rows); the
+full prompt is in each cell's infotext."""
 
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ def labelled_grid(
     font = ImageFont.load_default(size=max(12, cell_w // 20))
     line_h = font.size + 4
 
-    column_lines = [_wrap(label, font, cell_w - PADDING) for label in column_labels] if column_labels else []
+    max_lines = max(1, (cell_h - PADDING) // line_h)
+    column_lines = [_fit(label, font, cell_w - PADDING, max_lines) for label in column_labels] if column_labels else []
     left = max(MIN_CELL, cell_w // 2) if row_labels else 0  # row labels: half a cell wide on big images
-    row_lines = [_wrap(label, font, left - PADDING) for label in row_labels] if row_labels else []
+    row_lines = [_fit(label, font, left - PADDING, max_lines) for label in row_labels] if row_labels else []
     title_lines = _wrap(title, font, columns * cell_w) if title else []
     top = (len(title_lines) + max((len(lines) for lines in column_lines), default=0)) * line_h
     top += 2 * PADDING if top else 0
@@ -47,6 +50,17 @@ def labelled_grid(
         for c, image in enumerate(row):
             canvas.paste(image.convert("RGB").resize((cell_w, cell_h), Image.NEAREST), (left + c * cell_w, top + r * cell_h))
     return canvas
+
+
+def _fit(text: str, font, max_width: float, max_lines: int) -> list[str]:
+    """`text` wrapped to `max_width`, at most `max_lines` lines; the last one ends in "…" when text was cut."""
+    lines = _wrap(text, font, max_width)
+    if len(lines) <= max_lines:
+        return lines
+    last = lines[max_lines - 1]
+    while last and font.getlength(last.rstrip() + "…") > max_width:
+        last = last[:-1]
+    return lines[: max_lines - 1] + [last.rstrip() + "…"]
 
 
 def _wrap(text: str, font, max_width: float) -> list[str]:
