@@ -5,12 +5,17 @@ to be held in memory; readers pull one split/bucket at a time in id order throug
 batched transactions; WAL mode lets a training run read while `prepare` writes.
 
 Item ids are stable: re-running `prepare` keeps the id of every path it has seen before (upsert on `path`).
+
+An image under the index's folder is stored by its path relative to that folder, so a dataset folder that holds its
+index can be moved or copied and still reads its own images; an image elsewhere keeps its absolute path. Items read
+back always carry absolute paths.
 """
 
 from __future__ import annotations
 
 import json
 import operator
+import os
 import sqlite3
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -124,7 +129,10 @@ _CATEGORIES_AT = _COLUMNS.index("tag_categories")
 _ID_AT = _COLUMNS.index("id")
 
 
-def _row_to_item(row: tuple) -> IndexItem:
+def _row_to_item(row: tuple, root: str = "") -> IndexItem:
+    """`root`: the index's folder, which a relative stored path is relative to."""
+    if root and not os.path.isabs(row[0]):
+        row = (os.path.join(root, row[0]),) + row[1:]
     if row[_CATEGORIES_AT] is not None:
         row = row[:_CATEGORIES_AT] + (json.loads(row[_CATEGORIES_AT]),) + row[_CATEGORIES_AT + 1 :]
     return IndexItem(*row)
@@ -134,12 +142,21 @@ _write_values = operator.attrgetter(*_WRITE_COLUMNS)
 _CATEGORIES_WRITE_AT = _WRITE_COLUMNS.index("tag_categories")
 
 
-def _item_to_row(item: IndexItem, seen_run: int) -> tuple:
+def _item_to_row(item: IndexItem, seen_run: int, root: str = "") -> tuple:
     values = _write_values(item)
+    if root:
+        values = (stored_path(values[0], root),) + values[1:]
     if item.tag_categories is not None:
         at = _CATEGORIES_WRITE_AT
         values = values[:at] + (json.dumps(item.tag_categories, ensure_ascii=False),) + values[at + 1 :]
     return (*values, seen_run)
+
+
+def stored_path(path: str, root: str) -> str:
+    """How the index stores `path`: relative (with "/") when it lies under `root`, else as given."""
+    if os.path.isabs(path) and os.path.commonpath([root, path]) == root:
+        return Path(os.path.relpath(path, root)).as_posix()
+    return path
 
 
 class DatasetIndex:
@@ -148,6 +165,7 @@ class DatasetIndex:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        self.root = str(self.path.resolve().parent)  # stored relative paths are relative to it
         try:
             self.db = self._connect(readonly)
             found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -158,6 +176,8 @@ class DatasetIndex:
             raise fail(self.path, f"dataset index schema {found and found[0]}, expected {SCHEMA_VERSION}: "
                                   "delete it and run `tunelab prepare` again")  # fmt: skip
         self.db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache: bounded memory at any scale
+        if not readonly:
+            self._store_paths_relative()
 
     @classmethod
     def open_existing(cls, path: str | Path, *, readonly: bool = True) -> "DatasetIndex":
@@ -176,6 +196,17 @@ class DatasetIndex:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         db.commit()
         return db
+
+    def _store_paths_relative(self) -> None:
+        """Indexes written before paths were stored relative: rewrite the absolute paths under the index's folder
+        once, keeping every id (the caches are keyed by id)."""
+        if self.get_meta("relative_paths"):
+            return
+        rows = self.db.execute("SELECT id, path FROM items").fetchall()
+        with self.db:
+            self.db.executemany("UPDATE items SET path = ? WHERE id = ?",
+                                [(stored_path(p, self.root), i) for i, p in rows if stored_path(p, self.root) != p])
+        self.set_meta("relative_paths", True)
 
     def close(self) -> None:
         self.db.close()
@@ -216,7 +247,7 @@ class DatasetIndex:
         sql = f"INSERT INTO items ({cols}) VALUES ({marks}) ON CONFLICT(path) DO UPDATE SET {updates}"
         written, batch = 0, []
         for item in items:
-            batch.append(_item_to_row(item, seen_run))
+            batch.append(_item_to_row(item, seen_run, self.root))
             if len(batch) >= batch_rows:
                 written += self._write_batch(sql, batch)
                 batch = []
@@ -245,7 +276,7 @@ class DatasetIndex:
         row = self.db.execute(_SELECT + " WHERE id = ?", (item_id,)).fetchone()
         if row is None:
             raise KeyError(item_id)
-        return _row_to_item(row)
+        return _row_to_item(row, self.root)
 
     def get_many(self, item_ids: Sequence[int]) -> list[IndexItem]:
         """Items for `item_ids`, in the order given (a loader's batch)."""
@@ -254,7 +285,7 @@ class DatasetIndex:
             chunk = list(item_ids[start : start + 500])
             sql = _SELECT + f" WHERE id IN ({', '.join('?' * len(chunk))})"
             for row in self.db.execute(sql, chunk):
-                item = _row_to_item(row)
+                item = _row_to_item(row, self.root)
                 found[item.id] = item
         missing = [i for i in item_ids if i not in found]
         if missing:
@@ -265,10 +296,10 @@ class DatasetIndex:
         """Existing rows for these paths (any status): the incremental re-run looks up one batch at a time."""
         found: dict[str, IndexItem] = {}
         for start in range(0, len(paths), 500):
-            chunk = list(paths[start : start + 500])
+            chunk = [stored_path(p, self.root) for p in paths[start : start + 500]]
             sql = _SELECT + f" WHERE path IN ({', '.join('?' * len(chunk))})"
             for row in self.db.execute(sql, chunk):
-                item = _row_to_item(row)
+                item = _row_to_item(row, self.root)
                 found[item.path] = item
         return found
 
@@ -306,7 +337,7 @@ class DatasetIndex:
         while True:
             rows = self.db.execute(sql, (*params, last, chunk_rows)).fetchall()
             for row in rows:
-                yield _row_to_item(row)
+                yield _row_to_item(row, self.root)
             if len(rows) < chunk_rows:
                 return
             last = rows[-1][_ID_AT]
@@ -336,7 +367,8 @@ class DatasetIndex:
         Not skipped: a copy may be deliberate (another subset, other repeats) — reported so users can decide."""
         sql = ("SELECT group_concat(path, char(10)) FROM items WHERE status = ? GROUP BY content_hash "
                "HAVING COUNT(*) > 1 ORDER BY COUNT(*) DESC, MIN(id) LIMIT ?")  # fmt: skip
-        return [sorted(paths.split("\n")) for (paths,) in self.db.execute(sql, (OK, limit))]
+        return [sorted(os.path.join(self.root, p) for p in paths.split("\n"))
+                for (paths,) in self.db.execute(sql, (OK, limit))]
 
     def subsets(self) -> dict[int, Subset]:
         rows = self.db.execute("SELECT id, name, repeats, is_reg, caption_options FROM subsets ORDER BY id")
