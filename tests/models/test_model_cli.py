@@ -56,6 +56,12 @@ def test_info_and_convert_on_tiny_models(tiny_sdxl_model, tiny_sd15_model, tmp_p
         counts = parse_parameters(out)
         assert counts.pop("total") == sum(expected[arch].values())
         assert counts == expected[arch]
+        # every tensor found, per part (no CLIP-G here, so the file holds as many tensors per part as the module)
+        model = tiny_sdxl_model if arch == "sdxl" else tiny_sd15_model
+        lines = out.splitlines()
+        rows = lines[lines.index("tensors:") + 1 : lines.index("parameters:")]
+        assert {row.split()[0]: row.split(None, 1)[1] for row in rows} == {
+            name: f"all {len(module.state_dict())} found" for name, module in model.named_parts().items()}
     half = load_model(tmp_path / "sdxl16.safetensors", dtype="fp16")
     assert torch.equal(half.unet.conv_in.weight, tiny_sdxl_model.unet.conv_in.weight.half())
     converted = load_model(tmp_path / "sd15_dir")

@@ -124,7 +124,7 @@ def check_layout(path, shapes: dict[str, tuple[int, ...]], expected: dict[str, t
                          f"{f'; {len(unexpected) - 1} more' if len(unexpected) > 1 else ''})")
     missing = missing_keys(shapes, expected)
     if complete and missing:
-        raise fail(path, f"missing weight {missing[0]} ({what} needs it; is the file complete?"
+        raise fail(path, f"missing weight {missing[0]} (expected by {what}; is the file complete?"
                          f"{f' {len(missing) - 1} more missing' if len(missing) > 1 else ''})")
 
 
