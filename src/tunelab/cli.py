@@ -93,7 +93,7 @@ def info(
 @app.command()
 def sample(
     model: Path = typer.Argument(..., help="Diffusers folder or single .safetensors file."),
-    prompt: list[str] = typer.Option([""], help="A1111 syntax; repeat for several prompts; \"\" = unconditional."),
+    prompt: list[str] = typer.Option([], help="A1111 syntax; repeat for several prompts; \"\" = unconditional (the default)."),
     negative_prompt: str = typer.Option("", help="Negative prompt (A1111 syntax)."),
     seed: int = typer.Option(0, help="First seed; images use seed, seed+1, … (--count per prompt)."),
     count: int = typer.Option(1, min=1, help="Images per prompt."),
@@ -114,9 +114,11 @@ def sample(
 
     base = SampleRequest(prompt="", seed=seed, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
                          sampler=check_sampler(sampler), width=width, height=height, clip_skip=clip_skip)
-    requests = [base.with_(prompt=p, seed=seed + i) for p in prompt for i in range(count)]
+    if not prompt:
+        typer.echo("no --prompt: rendering unconditional images (empty prompt)", err=True)
+    requests = [base.with_(prompt=p, seed=seed + i) for p in (prompt or [""]) for i in range(count)]
     files = sample_to_folder(model, requests, out, batch_size=batch_size, empty_prompt_as_zeros=empty_as_zeros)
-    typer.echo(f"wrote {len(files)} images to {out}")
+    typer.echo(f"wrote {len(files)} image{'s' if len(files) != 1 else ''} to {out}")
 
 
 @app.command()
@@ -175,16 +177,19 @@ def prepare(
 @app.command()
 def captions(
     config: Path = typer.Argument(..., help="Run config TOML with [data] (and [data.captions])."),
-    preview: int = typer.Option(10, "--preview", help="How many items to show."),
+    preview: int = typer.Option(10, "--preview", min=0, help="How many items to show."),
     seed: int = typer.Option(0, help="Seed of the caption randomness."),
     epoch: int = typer.Option(0, help="Epoch (shuffle / dropout differ per epoch)."),
     split: str = typer.Option("train", help="train | validation"),
 ) -> None:
     """Print what the caption policy makes of the first items of the index (raw tags/caption → prompt, tokens)."""
+    from tunelab.config import read_toml
     from tunelab.data.caption_preview import preview_lines
     from tunelab.data.config import load_data_config
 
-    typer.echo("\n".join(preview_lines(load_data_config(config), preview, seed=seed, epoch=epoch, split=split)))
+    data_config = load_data_config(config)
+    mode = str(read_toml(config).get("text_encoder", {}).get("mode", "off"))  # the cache is a question only if "off"
+    typer.echo("\n".join(preview_lines(data_config, preview, seed=seed, epoch=epoch, split=split, text_encoder_mode=mode)))
 
 
 def _verify_caches(cache_config, *, repair: bool) -> None:
@@ -387,14 +392,24 @@ def toy_score(
 
 
 def main() -> None:
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors its own click
+
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come back here instead of printing usage + hint + error
+    except NoArgsIsHelpError as e:  # `tunelab` or `tunelab toy` alone: the help, as before
+        e.show()
+        sys.exit(e.exit_code)
+    except UsageError as e:  # a missing argument or a bad option value: one line, like every other refusal
+        command = e.ctx.command_path if e.ctx else "tunelab"
+        typer.echo(f"error: {e.format_message()} (see {command} --help)", err=True)
+        sys.exit(2)
     except TunelabError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

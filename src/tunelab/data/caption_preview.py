@@ -14,7 +14,7 @@ from tunelab.models.text_conditioning import CHUNK_TOKENS
 
 
 def preview_lines(data_config: DataConfig, count: int, *, seed: int = 0, epoch: int = 0, split: str | None = "train",
-                  max_chunks: int = 3) -> list[str]:  # fmt: skip
+                  max_chunks: int = 3, text_encoder_mode: str = "off") -> list[str]:  # fmt: skip
     from tunelab.models.tokenizers import clip_tokenizer
 
     tokenizer = clip_tokenizer()
@@ -22,8 +22,11 @@ def preview_lines(data_config: DataConfig, count: int, *, seed: int = 0, epoch: 
     with DatasetIndex.open_existing(data_config.index) as index:
         policies = SubsetPolicies.for_index(data_config.captions, index)
         subsets = index.subsets()
-        reason = text_cache_refusal_reason(data_config.captions, "off", policies.configs())
-        lines.append(f"text-embedding cache (text encoders frozen): {'refused: ' + reason if reason else 'allowed'}")
+        if text_encoder_mode == "off":
+            reason = text_cache_refusal_reason(data_config.captions, "off", policies.configs())
+            lines.append(f"text-embedding cache (text encoders frozen): {'refused: ' + reason if reason else 'allowed'}")
+        else:  # the cache is only ever a question for frozen encoders
+            lines.append(f"text-embedding cache: not used (text encoders train: text_encoder.mode = {text_encoder_mode!r})")
         for subset_id, ignored in policies.ignored_options.items():
             lines.append(f"subset {subsets[subset_id].name}: options not used by the caption policy: {', '.join(ignored)}")
         shown = 0
@@ -44,7 +47,9 @@ def preview_lines(data_config: DataConfig, count: int, *, seed: int = 0, epoch: 
                 f"  tokens:  {tokens} → {chunks} chunk{'s' if chunks > 1 else ''} of 75{cut}",
             ]
         if shown == 0:
-            lines.append(f"no usable items in split {split!r}")
+            usable = index.count(split=split)
+            lines.append(f"--preview 0: none shown of {usable} usable items in split {split!r}" if usable and not count
+                         else f"no usable items in split {split!r}")
     return lines
 
 

@@ -23,6 +23,7 @@ from tunelab.evaluate.prompt_syntax import parse_prompt
 from tunelab.evaluate.samplers import check_sampler, make_scheduler
 from tunelab.evaluate.text_kv_cache import text_kv_cache
 from tunelab.models.components import ModelComponents
+from tunelab.models.io import quiet_libraries
 from tunelab.models.text_conditioning import chunk_token_ids, encode_prompts
 
 
@@ -122,7 +123,8 @@ class SamplingEngine:
         self.max_chunks = max_chunks
         self.empty_prompt_as_zeros = empty_prompt_as_zeros
         self.progress = progress
-        self._pipeline = components.pipeline()
+        with quiet_libraries():  # building a pipeline makes transformers warn that torchvision is missing: noise
+            self._pipeline = components.pipeline()
         self._pipeline.set_progress_bar_config(disable=True)
 
     def chunk_count(self, prompt: str) -> int:
