@@ -2,10 +2,11 @@
 DESIGN.md's "every mode learns and forgets everything") raises the retention loss above the base model's while its
 training loss falls; a gentle one (text encoders frozen, lr 1e-5) leaves the retention loss where it was.
 
-The shipped toy base generates the retention set from the toy world's retention prompts (cars, mira, locations:
-known concepts the finetune world does not contain). Both finetunes run through the real trainer (`run_training`)
-on the toy finetune world, 30 steps of batch 8. The "training loss" is the deterministic validation loss on the
-finetune images themselves. Margins are about half of what was measured (numbers in the comments)."""
+The shipped toy base generates the retention set from the toy probes' retention prompts (`retention_prompts()`: the
+retain concepts of the groups cars, characters and locations — known concepts the finetune world does not contain).
+Both finetunes run through the real trainer (`run_training`) on the toy finetune world, 30 steps of batch 8. The
+"training loss" is the deterministic validation loss on the finetune images themselves. Margins are about half of
+what was measured (numbers in the comments)."""
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ toy_base = pytest.importorskip("tunelab.toy.base_model", reason="the toy world (
 if not (toy_base.TOY_BASE_DIR / "model_index.json").exists():
     pytest.skip(f"the shipped toy base is missing ({toy_base.TOY_BASE_DIR})", allow_module_level=True)
 from tunelab.toy.base_recipe import encode_latents, to_tensor  # noqa: E402
-from tunelab.toy.evaluation import evaluation_prompts  # noqa: E402
+from tunelab.toy.concepts import KNOWN_COLOURS, LOCATIONS  # noqa: E402
+from tunelab.toy.evaluation import retention_prompts  # noqa: E402
 from tunelab.toy.world import generate  # noqa: E402
 
 
@@ -33,13 +35,15 @@ def finetune_config(tmp_path, name: str, learning_rate: float, text_encoders: st
         "text_encoder": {"mode": text_encoders, "learning_rate": learning_rate},
         "checkpoint": {"every_n_epochs": 0, "save_state": False},
         "logging": {"progress_bar": False, "tensorboard": False},
-        "validation": {"retention_prompts": [p.prompt for p in evaluation_prompts() if p.group == "retention"],
-                       "samples_per_prompt": 3, "retention_steps": 12, "held_out": False, "every_n_steps": 0,
-                       "at_checkpoints": False, "cache_dir": str(tmp_path / "cache")},
+        "validation": {"retention_prompts": retention_prompts(), "samples_per_prompt": 3, "retention_steps": 12,
+                       "held_out": False, "every_n_steps": 0, "at_checkpoints": False,
+                       "cache_dir": str(tmp_path / "cache")},
     })
 
 
 def test_retention_loss_rises_for_a_forgetting_finetune_and_not_for_a_gentle_one(tmp_path):
+    # the set the margins below were measured on: every car, mira, every location (none is in the finetune world)
+    assert retention_prompts() == [f"{c}, car" for c in KNOWN_COLOURS] + ["mira"] + list(LOCATIONS)
     base = toy_base.load_toy_base(dtype="fp32")
     finetune = generate("finetune", 48, seed=0)
     latents = encode_latents(base.vae, to_tensor(finetune))
