@@ -114,11 +114,10 @@ def sample(
 
     base = SampleRequest(prompt="", seed=seed, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
                          sampler=check_sampler(sampler), width=width, height=height, clip_skip=clip_skip)
-    if not prompt:
-        typer.echo("no --prompt: rendering unconditional images (empty prompt)", err=True)
     requests = [base.with_(prompt=p, seed=seed + i) for p in (prompt or [""]) for i in range(count)]
     files = sample_to_folder(model, requests, out, batch_size=batch_size, empty_prompt_as_zeros=empty_as_zeros)
-    typer.echo(f"wrote {len(files)} image{'s' if len(files) != 1 else ''} to {out}")
+    unconditional = "" if prompt else " (no --prompt: unconditional, empty prompt)"
+    typer.echo(f"wrote {len(files)} image{'s' if len(files) != 1 else ''} to {out}{unconditional}")
 
 
 @app.command()
@@ -314,6 +313,19 @@ def score(
 
 
 @app.command()
+def findings(
+    folder: Path = typer.Argument(Path("runs/demo"), help="A demo folder (or any folder whose score/ holds the toy settings te-off, te-on, te-only, te-on-sdxl-71)."),
+) -> None:
+    """Test the practitioner's statements (TE off / on / only, partial UNet, quality tags, unconditional) on the toy
+    world's scored finetunes: effect with its 95 % interval, and holds / does not hold / inconclusive."""
+    from tunelab.toy.findings import format_findings, write_findings
+
+    source = folder / "score" if (folder / "score" / "scoreboard.json").is_file() else folder
+    typer.echo(format_findings(write_findings(source, folder / "findings.json")))
+    typer.echo(f"wrote {folder / 'findings.json'}")
+
+
+@app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder: the demo's output, a training run, or a grid folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html)."),
@@ -358,6 +370,27 @@ def toy_base(
     config = ToyBaseConfig(seed=seed, device=device, **({"steps": steps} if steps else {}))
     components, record = build_toy_base(config, log=typer.echo)
     typer.echo(f"wrote {save_toy_base(components, record, out)}")
+
+
+@toy_app.command("tagger")
+def toy_tagger(
+    out: Path = typer.Option(Path("toy_tagger"), "--out", help="Folder to write (model.onnx + selected_tags.csv)."),
+    images: int = typer.Option(12000, "--images", help="Training images (drawn from the base, finetune and vae worlds)."),
+    epochs: int = typer.Option(10, "--epochs"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(2, "--threads", help="CPU threads (torch.set_num_threads)."),
+) -> None:
+    """Train a small tagger on the toy world's tags and write it as a WD tagger folder (for `--judge tagger`)."""
+    import torch
+
+    from tunelab.toy.tagger import ToyTaggerConfig, build_toy_tagger
+
+    torch.set_num_threads(threads)
+    record = build_toy_tagger(out, ToyTaggerConfig(images=images, epochs=epochs, seed=seed))
+    held_out = record["held_out"]
+    typer.echo(f"trained in {record['train_seconds']:.0f} s; clean held-out images with every tag right: "
+               f"{held_out['images_all_tags_right']:.1%}")
+    typer.echo(f"wrote {out}")
 
 
 @toy_app.command("score")

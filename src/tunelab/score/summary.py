@@ -62,7 +62,7 @@ def summarise(probes: Probes, judged: dict[str, list[JudgedModel]], base: str = 
             if concept.role == "target":
                 entry["contamination"] = _contamination(runs, judged[base], [concept.name], is_base, where_groups)
             if not is_base:
-                entry["verdict"] = verdicts.concept_verdict(concept.role, entry, thresholds).to_dict()
+                entry["verdict"] = _verdict(concept.role, entry, thresholds)
             per_concept[concept.name] = entry
         results[setting] = per_concept
         roles[setting] = {}
@@ -77,7 +77,7 @@ def summarise(probes: Probes, judged: dict[str, list[JudgedModel]], base: str = 
             if role == "target":
                 entry["contamination"] = _contamination(runs, judged[base], members, is_base, where_groups)
             if not is_base:
-                entry["verdict"] = verdicts.concept_verdict(role, entry, thresholds).to_dict()
+                entry["verdict"] = _verdict(role, entry, thresholds)
             roles[setting][role] = entry
     return {
         "format": FORMAT,
@@ -90,6 +90,11 @@ def summarise(probes: Probes, judged: dict[str, list[JudgedModel]], base: str = 
         "results": results,
         "roles": roles,
     }
+
+
+def _verdict(role: str, entry: dict, thresholds) -> dict:
+    found = verdicts.concept_verdict(role, entry, thresholds)
+    return {**found.to_dict(), "settle_text": found.settle.format() if found.settle else ""}
 
 
 def _contamination(runs: list[JudgedModel], base_runs: list[JudgedModel], targets: list[str], is_base: bool,

@@ -86,6 +86,6 @@ def _inconclusive_notes(board: dict) -> list[str]:
     for setting in board["settings"]:
         for name, result in board["results"][setting].items():
             verdict = (result or {}).get("verdict") or {}
-            if verdict.get("verdict") == "inconclusive" and verdict.get("settle"):
-                notes.append(f"{setting} / {name}: {verdict['settle']}")
+            if verdict.get("verdict") == "inconclusive" and verdict.get("settle_text"):
+                notes.append(f"{setting} / {name}: {verdict['settle_text']}")
     return notes
