@@ -66,13 +66,18 @@ class Estimate:
             return f"{100 * self.value:.0f}% [{100 * self.low:.0f}, {100 * self.high:.0f}]"
         return f"{100 * self.value:+.0f} [{100 * self.low:+.0f}, {100 * self.high:+.0f}]"
 
-    def projected(self, n_seeds: int | None = None, images_factor: float = 1.0) -> tuple[float, float]:
+    def projected(self, n_seeds: int | None = None, images_factor: float = 1.0,
+                  upper: float | None = None) -> tuple[float, float]:
         """(standard error, df) this estimate would have with `n_seeds` training seeds and `images_factor` times as
-        many images, if the variance components stay as measured (for verdicts: what would settle it)."""
+        many images, if the variance components stay as measured — or, with `upper` (e.g. 0.75), at that one-sided
+        upper confidence bound of each (a seed spread measured from 3 seeds is itself very uncertain)."""
         seeds = n_seeds or self.n_seeds
-        var, df = _satterthwaite([((self.seed_var + self.noise_var / images_factor) / seeds,
+        seed_df, image_df = self.n_seeds - 1, self.n_images / self.n_groups - 1
+        grow = (lambda df: df / _chi2_quantile(1 - upper, df) if df > 0 else 1.0) if upper else (lambda df: 1.0)
+        seed_var = self.seed_var * (grow(seed_df) if self.n_seeds > 1 else 1.0)
+        var, df = _satterthwaite([((seed_var + self.noise_var / images_factor) / seeds,
                                    seeds - 1 if seeds > 1 else math.inf),
-                                  (self.image_var / images_factor, images_factor * self.n_images / self.n_groups - 1)])
+                                  (self.image_var * grow(image_df) / images_factor, images_factor * (image_df + 1) - 1)])
         return math.sqrt(var), df
 
     @classmethod
