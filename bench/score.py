@@ -102,8 +102,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="PATH or NAME=PATH: another toy model for the `tunelab score` part (repeatable)")
     args = parser.parse_args()
-    if args.rounds < 1 or args.samples < 1 or args.threads < 1:
-        raise SystemExit("--rounds, --samples and --threads: at least 1")
+    if args.rounds < 1 or args.threads < 1:
+        raise SystemExit("--rounds and --threads: at least 1")
+    if args.samples < 2:  # checked before any training: the scoreboard's intervals need two images a concept
+        raise SystemExit("--samples: at least 2 (a concept's interval needs two images)")
     # pinned before torch, numpy and onnxruntime start their thread pools
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="with --evaluate: samples per probe prompt")
     parser.add_argument("--work", type=Path, help="keep the outputs here (default: a temporary folder)")
     args = parser.parse_args()
+    if args.samples < 2:  # checked before any training: the scoreboard's intervals need two images a concept
+        raise SystemExit("--samples: at least 2 (a concept's interval needs two images)")
     torch.set_num_threads(args.threads)
 
     from tunelab.data.cache_runner import build_caches

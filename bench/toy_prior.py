@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, help="keep the outputs here (default: a temporary folder)")
     args = parser.parse_args()
+    if args.samples < 2:  # checked before any training: the scoreboard's intervals need two images a concept
+        raise SystemExit("--samples: at least 2 (a concept's interval needs two images)")
     if args.seeds < 1:
         raise SystemExit("--seeds: at least 1")
     torch.set_num_threads(args.threads)

@@ -53,7 +53,8 @@ def parse_runs(text: str, default_steps: int) -> list[SweepRun]:
         runs.append(SweepRun(fields[0], float(fields[1]), float(fields[2]), steps))
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
-        raise SystemExit(f"--runs: a run is given twice ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))})")
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise SystemExit(f"--runs: a run is given twice ({', '.join(twice)})")
     return runs
 
 
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="working folder, kept (default: a temporary one)")
     args = parser.parse_args()
     runs = parse_runs(args.runs, args.steps)
+    if args.samples < 2:  # checked before any training: the scoreboard's intervals need two images a concept
+        raise SystemExit("--samples: at least 2 (a concept's interval needs two images)")
     if args.seeds < 1:
         raise SystemExit("--seeds: at least 1")
     torch.set_num_threads(args.threads)
@@ -161,8 +164,8 @@ def main() -> None:
                 final = root / f"run-{name}/checkpoints/step-{run.steps:06d}/model"
                 stale = root / "score" / "models" / ModelRun(run.label, final, k, len(seeds)).folder_name
                 seconds = train_or_reuse(config, text, final, stale)
-                shifts.append((f"{run.label}, seed {seed}", embedding_shift(base_rows, token_rows(load_model(final),
-                                                                                                  UNKNOWN_TAG)), seconds))
+                shift = embedding_shift(base_rows, token_rows(load_model(final), UNKNOWN_TAG))
+                shifts.append((f"{run.label}, seed {seed}", shift, seconds))
                 print(f"{name}: " + ("reused (trained from the same config)" if seconds is None
                                      else f"trained in {seconds:.0f} s"), flush=True)
                 checkpoints.setdefault(run.label, []).append(final)
