@@ -13,6 +13,8 @@ from typing import Iterator, Protocol
 
 import torch
 
+from tunelab.errors import TunelabError
+
 
 class BatchSource(Protocol):
     def batches_per_epoch(self) -> int: ...
@@ -61,8 +63,10 @@ class DataPosition:
 def micro_batches(source: BatchSource, position: DataPosition) -> Iterator[dict]:
     """Endless micro-batches from `position` on; `position` is advanced past each batch as it is handed out."""
     per_epoch = source.batches_per_epoch()
-    if per_epoch == 0:
-        raise ValueError("the data gives no complete batch per epoch")
+    if per_epoch == 0:  # e.g. prepare skipped every image, or buckets smaller than a batch: say so, not a traceback
+        summary = source.summary() if hasattr(source, "summary") else ""
+        raise TunelabError("the training data gives no complete batch" + (f" ({summary})" if summary else "")
+                           + ": lower train.batch_size, or add images (see the skip report of `tunelab prepare`)")
     while True:
         for batch in source.epoch_batches(position.epoch, position.batch):
             position.batch += 1
