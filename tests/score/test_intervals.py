@@ -167,6 +167,9 @@ def test_format_and_json():
     assert r.low <= r.value <= r.high and c.low <= c.value <= c.high
     data = json.loads(json.dumps(c.to_dict()))
     assert type(c).from_dict(data) == c
+    known = rate(np.zeros(10))  # no spread anywhere: every part known, infinite df, written as null
+    assert math.isinf(known.df) and known.to_dict()["df"] is None
+    assert type(known).from_dict(json.loads(json.dumps(known.to_dict(), allow_nan=False))) == known
 
 
 def test_bad_input_is_one_line_error():

@@ -127,7 +127,7 @@ def test_same_inputs_same_verdicts_and_json_round_trip():
     again = concept_verdict("target", json.loads(json.dumps(entry)))
     direct = verdict("target", change(x, b), [("uncond", change(contamination, np.zeros(40)))])
     assert first == again == direct and first.to_dict() == direct.to_dict()
-    json.dumps(first.to_dict())
+    json.dumps(first.to_dict(), allow_nan=False)
 
 
 def _settled_share(initial: int, make, project, rng, role: str) -> tuple[list[float], int]:

@@ -1,20 +1,11 @@
-"""95 % intervals for judged pass rates and their changes against the base (method and why: docs/MEASUREMENT.md).
+"""95 % intervals for judged pass rates and their changes against the base. Method and why: docs/MEASUREMENT.md.
 
-Data: `x[r, i]` in [0, 1] is the judge's value for training seed r and image i, where image i (prompt, sampling seed)
-is the same image slot for every model, so `base[i]` is paired with `x[:, i]`. The variance of the mean is a sum of
-components, each with its degrees of freedom:
-
-- seeds (R >= 2): the spread of the per-seed means, R - 1 df; the interval then covers the setting (the mean over
-  the population of training seeds). With R = 1 a prior seed SD (known, e.g. from an earlier multi-seed run) does
-  the same; without one the interval covers that checkpoint only (`covers`).
-- images: the spread of the per-image means within each group (prompts or concepts differ on purpose, so only the
-  spread within a group is noise), less the image-by-seed noise the seed term already holds.
-
-The quantile is Student-t with Welch–Satterthwaite df (computed conservatively, see `_satterthwaite`). The interval's
-shape depends on the case, each chosen by simulated coverage (tests/score/test_intervals.py): a rate of one checkpoint
-is Wilson's score interval at the effective sample size; a rate over seeds is symmetric on the logit scale (per-seed
-rates are skewed near 0 and 1); a change is symmetric, with pseudo-images so 0 % or 100 % do not give zero width
-(Agresti–Min paired, Agresti–Caffo unpaired). Nothing is random: the same inputs give the same interval."""
+`x[r, i]` in [0, 1] is the judge's value for training seed r and image i; image i (prompt, sampling seed) is the same
+slot for every model, so `base[i]` pairs with `x[:, i]`. The variance of the mean is the sum of a seed part (spread of
+the per-seed means, R - 1 df) and an image part (spread within each prompt group, less the image-by-seed noise the
+seed part holds), with Student-t at Welch–Satterthwaite df. Shapes, each chosen by simulated coverage
+(tests/score/test_intervals.py): Wilson for one checkpoint's rate, logit-symmetric for a rate over seeds, symmetric
+with pseudo-images for a change. Nothing is random: the same inputs give the same interval."""
 
 from __future__ import annotations
 
@@ -58,7 +49,8 @@ class Estimate:
     per_seed: tuple[float, ...]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON (an infinite df, i.e. every part known, is written as null)."""
+        return {**asdict(self), "df": self.df if math.isfinite(self.df) else None}
 
     def format(self) -> str:
         """'42% [31, 54]' for a rate, '+12 [+3, +21]' (percentage points) for a change."""
@@ -75,14 +67,15 @@ class Estimate:
         seed_df, image_df = self.n_seeds - 1, self.n_images / self.n_groups - 1
         grow = (lambda df: df / _chi2_quantile(1 - upper, df) if df > 0 else 1.0) if upper else (lambda df: 1.0)
         seed_var = self.seed_var * (grow(seed_df) if self.n_seeds > 1 else 1.0)
-        var, df = _satterthwaite([((seed_var + self.noise_var / images_factor) / seeds,
-                                   seeds - 1 if seeds > 1 else math.inf),
-                                  (self.image_var * grow(image_df) / images_factor, images_factor * (image_df + 1) - 1)])
+        seed_part = (seed_var + self.noise_var / images_factor) / seeds, (seeds - 1 if seeds > 1 else math.inf)
+        image_part = self.image_var * grow(image_df) / images_factor, images_factor * (image_df + 1) - 1
+        var, df = _satterthwaite([seed_part, image_part])
         return math.sqrt(var), df
 
     @classmethod
     def from_dict(cls, data: dict) -> "Estimate":
-        return cls(**{**data, "per_seed": tuple(data["per_seed"])})
+        df = math.inf if data["df"] is None else data["df"]
+        return cls(**{**data, "per_seed": tuple(data["per_seed"]), "df": df})
 
 
 def rate(x, *, groups=None, prior_seed_sd: float | None = None) -> Estimate:
@@ -258,10 +251,10 @@ def _groups(groups, n: int) -> np.ndarray:
 def _satterthwaite(parts: list[tuple[float, float]]) -> tuple[float, float]:
     """Total variance and its Welch–Satterthwaite df (an infinite df marks a known component).
 
-    Plain Welch–Satterthwaite under-covers with 2-4 seeds: when the seed term happens to come out small, the interval
-    is narrow *and* the df jump up (88-93 % coverage in simulation). So the df are computed as if each component were
-    at the upper end of what its estimate allows (its 75 % upper bound, v * df / chi2_df(0.25)); the variance itself
-    is unchanged. In simulation this keeps coverage within 94-97 % for 2-10 seeds at any seed/image share."""
+    Plain Welch–Satterthwaite under-covers with 2-4 seeds: when the seed part happens to come out small, the interval
+    is narrow *and* the df jump up (88-93 % in a normal-theory simulation). So the df are computed as if each part
+    were at its 75 % upper bound (v * df / chi2_df(0.25)); the variance itself is unchanged. In the same simulation
+    that covers 94-96 % at 3-5 seeds and 94-97 % at 2, whatever the seed/image share."""
     var = float(sum(v for v, _ in parts))
     upper = [(v * d / _chi2_quantile(0.25, d), d) for v, d in parts if v > 0 and math.isfinite(d)]
     denom = sum(u * u / d for u, d in upper)

@@ -141,7 +141,8 @@ def _contamination_verdict(shown: str, contamination: Sequence[tuple[str, Estima
         clean = "; contamination " + ", ".join(f"{w} {e.format()}" for w, e in contamination) if contamination else ""
         return Verdict("target", "learned", f"{gained}{clean}" + (f" below {_pct(limit)}" if clean else ""))
     where, worst = min(open_, key=lambda we: abs(we[1].value - limit))  # the hardest one to settle
-    return Verdict("target", "inconclusive", f"{gained}; contamination {where} {worst.format()} straddles {_pct(limit)}",
+    reason = f"{gained}; contamination {where} {worst.format()} straddles {_pct(limit)}"
+    return Verdict("target", "inconclusive", reason,
                    _settle(worst, f"contamination ({where})", limit, abs(worst.value - limit)))
 
 
