@@ -37,12 +37,14 @@ def read_toml(path: str | Path) -> dict:
 def describe_validation_error(err: ValidationError) -> str:
     """First problem of a pydantic error as `key.path: message`."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    key = ".".join(str(p) for p in first["loc"])
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first["type"] == "value_error":  # our own validators' messages: without pydantic's "Value error, " prefix
+        msg = msg.removeprefix("Value error, ")
     extra = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{key}: {msg}{extra}"
+    return f"{key + ': ' if key else ''}{msg}{extra}"  # a whole-table check has no key to name
 
 
 def parse_config(model: type[M], data: dict, source: str | Path = "<config>") -> M:
