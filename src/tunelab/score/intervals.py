@@ -106,6 +106,26 @@ def change(x, base, *, groups=None, prior_seed_sd: float | None = None, unpaired
     return _estimate(both, "change", "unpaired", _linear, None, (centre_x - centre_b, parts_x + parts_b))
 
 
+def difference(x, y, *, groups=None, same_models: bool = False) -> Estimate:
+    """x − y for two sets of judged values on the same image slots. `same_models`: both come from the same
+    checkpoints (e.g. one concept prompted with and without quality tags): paired by seed and image, like `change`.
+    Otherwise two settings with their own training seeds, paired by image: both settings' seed spread plus the image
+    spread of the difference of their seed means (which counts the image-by-seed noise twice: conservative)."""
+    a, b = _as_matrix(x, "x"), _as_matrix(y, "y")
+    if a.shape[1] != b.shape[1] or (same_models and a.shape != b.shape):
+        raise TunelabError(f"intervals: x {a.shape} and y {b.shape} must hold the same image slots"
+                           + (" from the same seeds" if same_models else ""))
+    g = _groups(groups, a.shape[1])
+    if same_models:
+        return _estimate(_components(a - b, g, None), "change", "paired", _linear, _AGRESTI_MIN)
+    ca, cb = _components(a, g, None), _components(b, g, None)
+    diff = _components((a.mean(axis=0) - b.mean(axis=0))[None, :], g, None)
+    both = diff._replace(n_seeds=min(ca.n_seeds, cb.n_seeds), seed_var=ca.seed_var + cb.seed_var,
+                         noise_var=ca.noise_var + cb.noise_var, seed_parts=ca.seed_parts + cb.seed_parts,
+                         covers="setting" if ca.covers == cb.covers == "setting" else "checkpoint", per_seed=())
+    return _estimate(both, "change", "paired", _linear, _AGRESTI_MIN)
+
+
 def stack_groups(parts: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate per-concept (or per-prompt) arrays [R, N_k] along images, with a group label per image: the
     role-level aggregate is then `rate(x, groups=g)`, the mean over concepts with each concept weighted equally."""
