@@ -4,27 +4,33 @@ import json
 
 from PIL import Image
 
-from tunelab.demo import format_scoreboard, run_demo
+from tunelab.demo import run_demo
 
 
 def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
-    report = run_demo(tmp_path, modes=("off",), steps=3, batch_size=8, images=16, samples_per_prompt=1, quick=True)
-    scores = json.loads((tmp_path / "scoreboard.json").read_text())["scores"]
-    assert list(scores) == ["base", "te-off"]
-    for model in scores.values():
-        assert set(model["per_group"]) == {"known", "half-known", "unknown", "retention"}
-        assert all(0.0 <= v <= 1.0 for v in model["per_concept"].values())
-        assert 0.0 <= model["leakage"]["zorb"] <= 1.0
+    report = run_demo(tmp_path, settings=("te-off",), steps=3, batch_size=8, images=16, samples_per_prompt=2,
+                      quick=True)
+    board = json.loads((tmp_path / "score" / "scoreboard.json").read_text())
+    assert board["format"] == 2 and board["settings"] == ["base", "te-off"] and board["judge"] == "toy"
+    assert {c["role"] for c in board["concepts"]} == {"target", "retain", "uncond"}
+    zorb = board["results"]["te-off"]["zorb"]
+    assert zorb["rate"]["low"] <= zorb["rate"]["value"] <= zorb["rate"]["high"] and "verdict" in zorb
+    assert set(zorb["contamination"]) == {"retain", "uncond", "retain_change", "uncond_change"}
     validation = json.loads((tmp_path / "validation.json").read_text())
-    assert [m["name"] for m in validation["models"]] == ["base", "run-off/step-000003"]
+    assert [m["name"] for m in validation["models"]] == ["base", "run-te-off/step-000003"]
     assert validation["models"][0]["scalars"]["val/retention/mean"] > 0
     grid = Image.open(report["grid"][0])
     assert "Steps: 12" in grid.text["parameters"]
-    assert (tmp_path / "run-off" / "tensorboard").is_dir() and (tmp_path / "off.toml").is_file()
-    table = format_scoreboard(scores)
-    assert table.splitlines()[0].split()[-2:] == ["base", "te-off"] and "other prompts drawn as zorb" in table
-    html = (tmp_path / "report.html").read_text()  # every section found: scoreboard, validation, curves, grid
-    assert "Not in this folder" not in html and "run-off/step-000003" in html and "cells/z0_y5_x1.png" in html
+    assert (tmp_path / "run-te-off" / "tensorboard").is_dir() and (tmp_path / "te-off.toml").is_file()
+    findings = json.loads((tmp_path / "findings.json").read_text())["findings"]
+    verdicts = {f["statement"].split(":")[0]: f["verdict"] for f in findings}
+    assert len(findings) == 9 and verdicts["text encoders on"] == "not measured"  # te-on was not trained
+    assert all(f["verdict"] in ("holds", "does not hold", "inconclusive") for f in findings
+               if f["statement"].startswith("text encoders off"))
+    assert report["timings_s"]["total"] > 0
+    html = (tmp_path / "report.html").read_text()  # every section found: findings, scoreboard, validation, curves, grid
+    assert "Not in this folder" not in html and "run-te-off/step-000003" in html and "cells/z0_y5_x1.png" in html
+    assert html.index("<h2>Findings</h2>") < html.index("<h2>Concepts learned and kept</h2>")
 
 
 def test_toy_run_config_has_the_caption_policy_and_per_part_learning_rates(tmp_path):

@@ -44,7 +44,7 @@ def demo(
     settings: str = typer.Option("te-off,te-on,te-only,te-on-sdxl-71",
                                  help="Settings to compare: te-off, te-on, te-only, te-on-sdxl-71."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Training seeds per setting (intervals then cover seed spread)."),
-    samples: int = typer.Option(16, help="Judged samples per probe prompt."),
+    samples: int = typer.Option(16, min=2, help="Judged samples per probe prompt (at least 2)."),
     quick: bool = typer.Option(False, help="A fast smoke run (few steps and samples): checks, not findings."),
 ) -> None:
     """Run the built-in toy world end to end: data → prepare → finetune per setting and seed → score → grid →
@@ -396,7 +396,7 @@ def toy_tagger(
 @toy_app.command("score")
 def toy_score(
     models: list[str] = typer.Argument(..., help="Checkpoints (any loadable form; PATH or NAME=PATH, a repeated NAME = another training seed); 'base' = the shipped toy base."),
-    samples: int = typer.Option(16, "--samples", help="Samples per probe prompt."),
+    samples: int = typer.Option(16, "--samples", min=2, help="Samples per probe prompt (at least 2)."),
     out: Path = typer.Option(Path("runs/toy-score"), "--out", help="Folder for scoreboard.json (`tunelab report` reads it) and the judged images."),
     judge: str = typer.Option("toy", "--judge", help="toy (pixel rules) or tagger (a WD-layout folder, e.g. from `tunelab toy tagger`)."),
     judge_path: Optional[Path] = typer.Option(None, "--judge-path", help="The tagger's folder."),

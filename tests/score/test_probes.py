@@ -111,3 +111,16 @@ def test_shipped_toy_probes_cover_every_role_and_both_judges():
     # every judged concept also says what the tagger must see
     assert all(c.expect for c in probes.concepts if c.role != "uncond")
     assert {c.name for c in probes.by_role("target")} >= {"zorb", "kiko"}
+
+
+def test_readme_probes_example_parses(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[[concepts]]" in b)
+    probes = load_probes(write(tmp_path, block))
+    assert [c.role for c in probes.concepts] == ["target", "retain", "uncond"]
+    assert probes.spec.judge == "tagger" and probes.spec.judge_options.path == tmp_path / "wd-eva02-large-tagger-v3"
+    assert probes.settings_for(probes.concept("hatsune miku")).samples_per_prompt == 32
+    assert probes.spec.thresholds.learned_min_gain == 0.20

@@ -52,7 +52,7 @@ ROLES = ("target", "retain", "uncond")
 
 
 class SamplingSettings(StrictModel):
-    samples_per_prompt: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(16, ge=2)  # an interval needs the spread between a prompt's images
     seed: int = Field(0, ge=0, le=2**32 - 1)
     steps: int = Field(20, ge=1)
     cfg_scale: float = 7.0
@@ -74,7 +74,7 @@ class SamplingSettings(StrictModel):
 class SamplingOverrides(StrictModel):
     """The same keys as [sampling], each optional: a concept's own settings."""
 
-    samples_per_prompt: Optional[int] = Field(None, ge=1)
+    samples_per_prompt: Optional[int] = Field(None, ge=2)
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
     steps: Optional[int] = Field(None, ge=1)
     cfg_scale: Optional[float] = None
@@ -199,6 +199,8 @@ class Probes:
 
     def with_samples(self, samples_per_prompt: int) -> "Probes":
         """A copy sampling `samples_per_prompt` images per prompt for every concept (e.g. a quick smoke run)."""
+        if samples_per_prompt < 2:
+            raise fail(self.path, "samples per prompt must be at least 2 (an interval needs the spread between images)")
         spec = self.spec.model_copy(deep=True)
         spec.sampling.samples_per_prompt = samples_per_prompt
         for concept in spec.concepts:

@@ -84,7 +84,7 @@ def score_models(probes: Probes, judge: Judge, runs: list[ModelRun], out: str | 
             raise TunelabError(f"{run.path}: model not found")
     fingerprint = probes.fingerprint()
     judged: dict[str, list[JudgedModel]] = {}
-    reused = []
+    reused, fresh = [], []
     started = time.perf_counter()
     for run in runs:
         folder = out / "models" / run.folder_name
@@ -94,6 +94,7 @@ def score_models(probes: Probes, judge: Judge, runs: list[ModelRun], out: str | 
                                             if run.seeds_in_setting > 1 else "") + f": {run.path}")
             result = sample_and_judge(probes, judge, run.setting, run.path, folder, batch_size=batch_size,
                                       dtype=dtype, progress=progress)
+            fresh.append(result)
         else:
             reused.append(run.folder_name)
         judged.setdefault(run.setting, []).append(result)
@@ -103,13 +104,15 @@ def score_models(probes: Probes, judge: Judge, runs: list[ModelRun], out: str | 
     board["judge"] = judge.name
     board["probes"] = str(probes.path)
     board["models"] = {setting: [r.path for r in results] for setting, results in judged.items()}
-    board["timings_s"] = _timings(judged, time.perf_counter() - started)
+    board["timings_s"] = _timings(fresh, time.perf_counter() - started)
+    board["reused"] = reused
     atomic.write_json(out / "scoreboard.json", board)
     return board
 
 
-def _timings(judged: dict[str, list[JudgedModel]], wall: float) -> dict[str, float]:
-    parts = [r.seconds for results in judged.values() for r in results]
+def _timings(fresh: list[JudgedModel], wall: float) -> dict[str, float]:
+    """Seconds of this call: models reused from an earlier call are not in these sums."""
+    parts = [r.seconds for r in fresh]
     total = {key: round(sum(p.get(key, 0.0) for p in parts), 2) for key in ("load_and_sample", "write_images", "judge")}
     total["images"] = sum(int(p.get("images", 0)) for p in parts)
     total["wall"] = round(wall, 2)

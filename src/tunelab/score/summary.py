@@ -26,15 +26,10 @@ def _estimates(x: np.ndarray, b: np.ndarray | None, groups: np.ndarray) -> dict:
     if np.bincount(groups).min() < 2:
         groups = np.zeros(x.shape[1], dtype=int)  # one image per prompt: no within-prompt noise to measure
     rate = intervals.rate(x, groups=groups)
-    out = {"rate": rate.to_dict(), "per_seed": [round(float(v), 4) for v in _group_means(x, groups)]}
+    out = {"rate": rate.to_dict(), "per_seed": [round(float(v), 4) for v in rate.per_seed]}
     if b is not None:
         out["change"] = intervals.change(x, b[0], groups=groups).to_dict()
     return out
-
-
-def _group_means(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Per seed: the mean over groups of each group's mean (what the estimate's value averages)."""
-    return np.mean([x[:, groups == g].mean(axis=1) for g in np.unique(groups)], axis=0)
 
 
 def _labels(counts: list[int]) -> np.ndarray:

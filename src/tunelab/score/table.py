@@ -81,11 +81,17 @@ def format_scoreboard(board: dict) -> str:
     return "\n".join(lines)
 
 
-def _inconclusive_notes(board: dict) -> list[str]:
+def _inconclusive_notes(board: dict, limit: int = 12) -> list[str]:
+    """Targets and role pools first (what a verdict on the run rests on), then retain concepts; at most `limit`."""
     notes = []
     for setting in board["settings"]:
-        for name, result in board["results"][setting].items():
+        entries = [(f"{role} (mean)", e) for role, e in board["roles"].get(setting, {}).items()]
+        entries += sorted(board["results"][setting].items(),
+                          key=lambda item: item[0] not in {c["name"] for c in board["concepts"] if c["role"] == "target"})
+        for name, result in entries:
             verdict = (result or {}).get("verdict") or {}
             if verdict.get("verdict") == "inconclusive" and verdict.get("settle_text"):
                 notes.append(f"{setting} / {name}: {verdict['settle_text']}")
+    if len(notes) > limit:
+        notes = notes[:limit] + [f"… and {len(notes) - limit} more (scoreboard.json: verdict.settle)"]
     return notes

@@ -238,7 +238,7 @@ def unconditional_works(f: ScoreFolder, margin: float) -> Finding:
     s = "unconditional generation still works after the finetune (valid, varied images from the empty prompt)"
     c = "share of empty-prompt images showing a recognisable subject, each finetune − base; distinct subjects"
     finetunes = [st for st in f.board["settings"] if st != f.board["base"]]
-    uncond = _concepts(f, "uncond")
+    uncond = [n for n, c in f.concepts.items() if c["role"] == "uncond"]  # judged only for contamination
     if not finetunes or not uncond:
         return Finding(s, c, None, NOT_MEASURED, "no finetune or no empty-prompt probe scored")
     base_valid, base_kinds = _validity(f, f.board["base"], uncond[0])
