@@ -116,7 +116,7 @@ name = "unet-only"
 set = { "train.max_steps" = 2, "checkpoint.every_n_steps" = 0 }
 [[variants]]
 name = "te-on"
-set = { "train.max_steps" = 2, "checkpoint.every_n_steps" = 0, "text_encoder.mode" = "on" }
+set = { "train.max_steps" = 2, "checkpoint.every_n_steps" = 0, "text_encoder.mode" = "on", "data.cache.text_embeddings" = false }
 [grid]
 prompts = ["1girl, kiko", ""]
 seeds = [0]
