@@ -114,7 +114,7 @@ def test_verify_names_truncated_corrupt_and_leftover_shards_and_repair_recompute
 
 
 _CHILD = textwrap.dedent("""
-    import sys, time, torch
+    import sys, torch
     torch.set_num_threads(1)
     from diffusers import AutoencoderKL
     from tunelab.data.config import DataConfig
@@ -122,11 +122,14 @@ _CHILD = textwrap.dedent("""
     from tunelab.data.cache import build_latent_cache
     config = DataConfig.model_validate_json(open(sys.argv[1]).read())
     vae = AutoencoderKL.from_pretrained(sys.argv[2]).eval()
-    def slow(name):
+    written = []
+    def held_after_two(name):
+        written.append(name)
         print(name, flush=True)
-        time.sleep(0.5)  # slow enough that the parent kills it mid-run
+        if len(written) == 2:
+            sys.stdin.readline()  # the parent never answers: it kills this process here, mid-build
     with DatasetIndex(config.index) as index:
-        build_latent_cache(index, vae, config.cache, progress=False, on_shard=slow)
+        build_latent_cache(index, vae, config.cache, progress=False, on_shard=held_after_two)
     print("finished", flush=True)
 """)
 
@@ -135,17 +138,22 @@ def test_killed_mid_way_then_resumed_without_recomputing_finished_shards(tmp_pat
     config = make_dataset(tmp_path, 24)  # 5 shards of ≤5
     (tmp_path / "config.json").write_text(config.model_dump_json())
     vae.save_pretrained(tmp_path / "vae")
+    # The child reports each finished shard on a pipe and, after the second, waits on its stdin: the kill lands
+    # while it is held there, with exactly two of five shards done, however slow the machine.
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "config.json"), str(tmp_path / "vae")],
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     written = [child.stdout.readline().strip() for _ in range(2)]
     child.send_signal(signal.SIGKILL)
     child.wait()
+    child.stdin.close()
+    child.stdout.close()
     assert all(w.startswith("shard-") for w in written), written
     folder = config.cache.dir / "latents"
     with ShardStore(folder, create=False) as store:
         done = store.shard_names()
         reused = store.count()
-    assert 2 <= len(done) < 5 and reused == 5 * len(done)
+    assert sorted(done) == sorted(written) and reused == 10
     before = {name: (folder / name).read_bytes() for name in done}
     with DatasetIndex(config.index) as index:
         stats = build_latent_cache(index, vae, config.cache, progress=False)

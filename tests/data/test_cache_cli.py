@@ -51,15 +51,29 @@ def test_cache_build_verify_damage_repair(tmp_path, saved_model):
     shard.write_bytes(shard.read_bytes()[:50])
     bad = run("cache", tmp_path / "run.toml", "--verify")
     assert bad.exit_code == 1 and f"{shard.name}: truncated" in bad.output and "text: ok" in bad.output
-    assert run("cache", tmp_path / "run.toml", "--repair").exit_code == 1  # reports what it repaired
+    cache = tmp_path / "cache"
+    untouched = {p: p.read_bytes() for p in sorted(cache.rglob("*.safetensors")) if p != shard}
+    repaired = run("cache", tmp_path / "run.toml", "--repair")
+    assert repaired.exit_code == 1  # it reports what it found, then what it did
+    assert f"latents: 1 problem(s)\n  {shard.name}: truncated" in repaired.output and "text: ok" in repaired.output
+    assert "repaired: bad shards dropped" in repaired.output
+    assert not shard.exists() and {p: p.read_bytes() for p in untouched if p.exists()} == untouched  # only it went
     assert run("prepare", tmp_path / "run.toml", "--verify").exit_code == 0
     rebuilt = run("cache", tmp_path / "run.toml", "--quiet")
     assert "latents: 9 items, 4 computed, 5 already cached" in rebuilt.output
-    (tmp_path / "cache" / "text" / "empty_chunk.safetensors").write_bytes(b"\0" * 10)
+    assert "text embeddings: 9 items, 0 computed, 9 already cached" in rebuilt.output  # the sound store was kept
+    empty_chunk = cache / "text" / "empty_chunk.safetensors"
+    empty_chunk.write_bytes(b"\0" * 10)
     broken = run("cache", tmp_path / "run.toml", "--verify")
     assert broken.exit_code == 1 and "empty_chunk.safetensors: unreadable" in broken.output
-    run("cache", tmp_path / "run.toml", "--repair")
-    assert run("cache", tmp_path / "run.toml", "--quiet").exit_code == 0
+    text_shards = {p: p.read_bytes() for p in (cache / "text").glob("shard-*")}
+    repaired = run("cache", tmp_path / "run.toml", "--repair")
+    assert repaired.exit_code == 1 and "latents: ok" in repaired.output
+    assert "empty_chunk.safetensors: unreadable" in repaired.output and not empty_chunk.exists()
+    assert {p: p.read_bytes() for p in text_shards if p.exists()} == text_shards  # the shards themselves were sound
+    again = run("cache", tmp_path / "run.toml", "--quiet")
+    assert again.exit_code == 0 and "text embeddings: 9 items, 0 computed, 9 already cached" in again.output
+    assert empty_chunk.stat().st_size > 10  # encoded again
     assert run("cache", tmp_path / "run.toml", "--verify").exit_code == 0
 
 

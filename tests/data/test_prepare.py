@@ -13,6 +13,7 @@ from tunelab.data.config import DataConfig, load_data_config
 from tunelab.data.index import VALIDATION, DatasetIndex
 from tunelab.data.prepare import prepare_dataset, report_paths
 from tunelab.errors import TunelabError
+from tunelab.toy.world import write_dataset
 
 TINY_BUCKETS = {"resolution": 32, "step": 8, "min_side": 16, "max_side": 64}
 
@@ -156,8 +157,6 @@ def test_cli_prepare_and_config_errors(tmp_path):
 
 
 def test_toy_finetune_world_prepares_end_to_end(tmp_path):
-    write_dataset = pytest.importorskip("tunelab.toy.world").write_dataset  # the toy package lands separately
-
     folder = write_dataset(tmp_path / "finetune", "finetune", count=12, progress=False)
     config = _config(tmp_path, folder, images={}, split={"validation_fraction": 0.25})
     stats = prepare_dataset(config, progress=False)

@@ -41,16 +41,27 @@ def test_break_starts_a_new_chunk():
     assert chunks[1][:4] == [BOS, *tok("blue square", add_special_tokens=False).input_ids, EOS]
 
 
-def test_emphasis_scales_then_restores_mean():
-    torch.manual_seed(0)
-    hidden = torch.randn(2, 1, 77, 8) + 0.5
+def test_emphasis_on_a_hand_made_embedding_matches_a1111_by_hand():
+    """A1111 (modules/sd_hijack_clip.py): z *= weight of each token, then z *= original mean / new mean. Worked by hand
+    on a chunk whose 77 tokens are all 1.0 and one token weighted 2 ("(red:2)"): the mean goes from 1 to 78/77, so
+    every token is scaled by 77/78 — the weighted one ends at 2·77/78, the others at 77/78. Unlike A1111 (one mean
+    over the whole batch) the mean is kept per prompt: a second prompt with no weights is returned unchanged."""
+    hidden = torch.ones(2, 1, 77, 4)
+    hidden[1] = 3.0  # another prompt in the batch, without weights
     weights = torch.ones(2, 1, 77)
-    weights[0, 0, 3] = 1.5
-    out = apply_emphasis(hidden, weights)
-    assert torch.allclose(out.mean(dim=(2, 3)), hidden.mean(dim=(2, 3)), atol=1e-6)
-    ratio = out[0, 0, 3] / out[0, 0, 4]
-    assert torch.allclose(ratio, 1.5 * hidden[0, 0, 3] / hidden[0, 0, 4], atol=1e-5)
-    assert torch.equal(out[1], hidden[1] * (hidden[1].mean() / hidden[1].mean()))
+    weights[0, 0, 5] = 2.0
+    expected = torch.full((2, 1, 77, 4), 77 / 78)
+    expected[0, 0, 5] = 2 * 77 / 78
+    expected[1] = 3.0
+    torch.testing.assert_close(apply_emphasis(hidden, weights), expected, rtol=1e-5, atol=0)
+    # a down-weighted token ("(red:0.5)") and a second chunk: each chunk keeps its own mean, worked the same way
+    hidden = torch.tensor([2.0, 4.0]).repeat_interleave(77).reshape(1, 2, 77, 1).expand(1, 2, 77, 3).clone()
+    weights = torch.ones(1, 2, 77)
+    weights[0, 1, 0] = 0.5  # chunk 2: mean 4 → (76·4 + 2)/77 = 306/77, so every token × 308/306
+    expected = hidden.clone()
+    expected[0, 1] = 4 * 308 / 306
+    expected[0, 1, 0] = 2 * 308 / 306
+    torch.testing.assert_close(apply_emphasis(hidden, weights), expected, rtol=1e-5, atol=0)
 
 
 def test_emphasis_leaves_near_zero_mean_chunks_unscaled():

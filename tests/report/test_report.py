@@ -8,12 +8,14 @@ runs; an older scoreboard is a one-line error asking to score again."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from html import unescape
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -230,7 +232,7 @@ def dom(report, tmp_path_factory) -> str:
     return rendered_dom(report, tmp_path_factory.mktemp("profile"))
 
 
-def test_report_shows_every_section_with_its_numbers(report):
+def test_report_shows_every_section_with_its_numbers(report, run_folder):
     html = report.read_text()
     text = re.sub(r"<[^>]+>", " ", html)
     # scoreboard: settings as columns, the base first, a setting's training seeds counted
@@ -246,7 +248,8 @@ def test_report_shows_every_section_with_its_numbers(report):
     assert re.search(rf"run-on\s+4\s+{smoothed:.4f}\s+0\.1290\s+\+{100 * (0.129 / base_mean - 1):.1f}%", text)
     # grid: axis values as headings, cells linked relative to the report, infotext in the title
     assert "Seed: 1" in text and "Seed: 2" in text and "Columns: Seed; rows: Prompt S/R" in text
-    assert 'src="../run0/grid/cells/z0_y1_x1.png"' in html
+    cell = quote(os.path.relpath(run_folder / "grid" / "cells" / "z0_y1_x1.png", report.parent))  # any tmp names
+    assert cell.startswith("../") and f'src="{cell}"' in html
     assert 'title="red, circle\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32' in html
     # the prompt holding a <script> is text, never markup
     assert "<script>document" not in html

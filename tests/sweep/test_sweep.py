@@ -4,16 +4,20 @@ validation, grid and report; re-running skips what finished and resumes what was
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.sweep.config import load_sweep, matrix_variants, short_keys
+from write_audit import audited_writes  # tests/: on the path with its conftest
 
 RUN_TOML = """
 [model]
@@ -100,13 +104,17 @@ def swept(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sweep")
     configs = root / "configs"
-    save_model(tiny_sdxl(block_out_channels=(16, 32, 32), layers_per_block=1, te_layers=2), configs / "model" / "base")
-    write_dataset(configs / "images", "finetune", count=16, progress=False)
-    (configs / "run.toml").write_text(RUN_TOML)
-    prepare_dataset(load_data_config(configs / "run.toml"), progress=False)
-    (root / "sweep.toml").write_text(SWEEP_TOML.format(base="configs/run.toml"))
-    result = CliRunner().invoke(app, ["sweep", str(root / "sweep.toml"), "--quiet"])
+    with audited_writes(root) as audit:  # every file written reaches its name by a rename (tests/write_audit.py)
+        save_model(tiny_sdxl(block_out_channels=(16, 32, 32), layers_per_block=1, te_layers=2),
+                   configs / "model" / "base")
+        write_dataset(configs / "images", "finetune", count=16, progress=False)
+        (configs / "run.toml").write_text(RUN_TOML)
+        prepare_dataset(load_data_config(configs / "run.toml"), progress=False)
+        (root / "sweep.toml").write_text(SWEEP_TOML.format(base="configs/run.toml"))
+        result = CliRunner().invoke(app, ["sweep", str(root / "sweep.toml"), "--quiet"])
     assert result.exit_code == 0, result.output
+    not_atomic = audit.problems(written_by_the_test=(configs / "run.toml", root / "sweep.toml"))
+    assert not not_atomic, "\n".join(not_atomic)
     return root, result.output
 
 
@@ -155,7 +163,16 @@ def test_validation_grid_report_and_table_cover_base_and_every_finished_variant(
     grid = json.loads((out / "grid" / "grid.json").read_text())
     assert grid["config"]["x"]["values"] == [str(root / "configs" / "model" / "base")] + [
         str(out / n / "checkpoints" / "step-000002" / "model") for n in DONE]
-    assert sorted(c["x"] for c in grid["cells"]) == [0, 1, 2, 3] and (out / "grid" / "grid.png").exists()
+    assert sorted(c["x"] for c in grid["cells"]) == [0, 1, 2, 3]
+    # the grid image shows, column by column, each model's own cell (base, then the variants in order)
+    image = np.asarray(Image.open(out / "grid" / "grid.png").convert("RGB"))
+    cells = {c["x"]: np.asarray(Image.open(out / "grid" / c["file"]).convert("RGB")) for c in grid["cells"]}
+    assert {c.shape for c in cells.values()} == {(32, 32, 3)} and image.shape[1] % 4 == 0
+    scale = image.shape[1] // 4 // 32  # cells are enlarged by a whole factor (nearest neighbour) to a readable size
+    for x, cell in cells.items():
+        shown = image[image.shape[0] - 32 * scale:, 32 * scale * x: 32 * scale * (x + 1)]
+        assert np.array_equal(shown, cell.repeat(scale, axis=0).repeat(scale, axis=1)), f"column {x}"
+    assert not np.array_equal(cells[0], cells[1])  # a trained UNet draws another image than the base
 
     html = (out / "report.html").read_text()
     assert all(name in html for name in DONE)
@@ -170,11 +187,22 @@ def test_validation_grid_report_and_table_cover_base_and_every_finished_variant(
     assert rows["bad-blocks"][1] == "failed" and "bad-blocks: unet.block_lr" in output
 
 
-def test_rerun_skips_finished_variants_and_resumes_a_cut_short_one(swept):
-    import shutil
-
+def test_rerun_skips_finished_variants_and_resumes_a_cut_short_one(swept, tmp_path):
+    """The re-run changes the module's sweep folder (its paths are recorded absolute, so a copy elsewhere would be
+    another sweep): the finished sweep is moved aside, a copy is cut short and re-run in its place, and the original
+    is put back whatever happens, so later tests read the sweep as the fixture made it."""
     root, _ = swept
-    out = root / "out"
+    out, original = root / "out", tmp_path / "out-as-swept"
+    shutil.move(out, original)
+    try:
+        shutil.copytree(original, out)
+        check_rerun(root, out, original)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.move(original, out)
+
+
+def check_rerun(root, out, original):
     finals = {n: out / n / "checkpoints" / "step-000002" / "model" for n in DONE}
     mtimes = {n: os.stat(next(finals[n].rglob("*.safetensors"))).st_mtime_ns for n in DONE}
     shutil.rmtree(out / "mode-on" / "checkpoints" / "step-000002")  # as if killed after step 1's checkpoint
@@ -187,7 +215,9 @@ def test_rerun_skips_finished_variants_and_resumes_a_cut_short_one(swept):
         assert os.stat(next(finals[name].rglob("*.safetensors"))).st_mtime_ns == mtimes[name]
     status = {v["name"]: v for v in json.loads((out / "sweep.json").read_text())["variants"]}
     assert status["mode-on"]["status"] == "done" and status["mode-on"]["reason"] == "resumed from step-000001"
-    assert finals["mode-on"].is_dir()
+    uninterrupted = original / "mode-on" / "checkpoints" / "step-000002" / "model"
+    for part in ("unet", "text_encoder", "text_encoder_2"):  # resumed = trained straight through, tensor for tensor
+        assert same(state_dict(finals["mode-on"], part), state_dict(uninterrupted, part)), part
     assert "[4/5] too-hot: resuming" in result.output and status["too-hot"]["status"] == "failed"  # from its step 1
 
 
@@ -197,7 +227,13 @@ def test_dry_run_lists_variants_and_trainable_parameters_without_training(swept)
     result = CliRunner().invoke(app, ["sweep", str(root / "sweep.toml"), "--dry-run"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[1:3] == ["mode-off: text_encoder.mode = 'off'", lines[2]] and lines[2].startswith("    total: ")
+    from tunelab.models.io import load_model
+
+    base = load_model(root / "configs" / "model" / "base")
+    unet = sum(p.numel() for p in base.unet.parameters())
+    everything = unet + sum(p.numel() for te in base.text_encoders for p in te.parameters())
+    assert lines[1:3] == ["mode-off: text_encoder.mode = 'off'",  # off: the whole UNet and nothing else
+                          f"    total: {unet:,} of {everything:,} parameters trainable ({100 * unet / everything:.2f} %)"]
     assert "te-only: text_encoder.mode = 'only', text_encoder.learning_rate = 0.001" in lines
     assert lines[lines.index("bad-blocks: unet.block_lr = [1e-05]") + 1].startswith("    would fail: unet.block_lr: 1 values")
     percent = {name: lines[lines.index(next(l for l in lines if l.startswith(name + ":"))) + 1] for name in DONE}

@@ -43,8 +43,8 @@ def test_non_finite_weights_are_never_saved():
 
 def test_run_writes_config_versions_seed_tensorboard_and_checkpoint(train_tiny):
     # 16 items / batch 4 = 4 batches per epoch: checkpoints at the epoch end (step 4) and the final step (5)
-    _, _, run = train_tiny(train={"seed": 7, "max_steps": 5}, checkpoint={"every_n_epochs": 1},
-                           logging={"tensorboard": True})
+    trained, _, run = train_tiny(train={"seed": 7, "max_steps": 5}, checkpoint={"every_n_epochs": 1},
+                                 logging={"tensorboard": True})
     out = run.config.train.output_dir
     record = json.loads((out / "run.json").read_text())
     assert record["seed"] == 7 and record["config"]["train"]["max_steps"] == 5
@@ -59,8 +59,25 @@ def test_run_writes_config_versions_seed_tensorboard_and_checkpoint(train_tiny):
     final = out / "checkpoints/step-000005"
     assert json.loads((out / "checkpoints/step-000004/state/progress.json").read_text()) == \
         {"step": 4, "epoch": 1, "batch": 0}
-    assert (final / "model/model_index.json").exists() and (final / "state/progress.json").exists()
+    assert json.loads((final / "state/progress.json").read_text()) == {"step": 5, "epoch": 1, "batch": 1}
+    # the final checkpoint holds the weights the run ended with: the model folder loads back to them tensor for
+    # tensor, and the training state's copy of each trained part is the same
+    from safetensors.torch import load_file
+
+    from tunelab.models.io import load_model
+
+    saved = load_model(final / "model")
+    for name, module in trained.named_parts().items():
+        expected = module.state_dict()
+        assert same_tensors(saved.named_parts()[name].state_dict(), expected), name
+        if (final / f"state/{name}.safetensors").exists():
+            assert same_tensors(load_file(final / f"state/{name}.safetensors"), expected), name
+    assert (final / "state/unet.safetensors").exists()
     assert not list((out / "checkpoints").glob(".*"))  # no temporary folder left
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_cli_dry_run_prints_the_table_and_trains_nothing(tmp_path):

@@ -1,5 +1,7 @@
 """Optimizers, LR schedules, gradient clipping, and loop features (gradient checkpointing, bf16, samples)."""
 
+import math
+
 import pytest
 import torch
 from tiny_run import changed
@@ -87,10 +89,18 @@ def test_gradient_checkpointing_trains_the_same(train_tiny):
 def test_bf16_mixed_precision_and_samples(train_tiny):
     from tunelab.evaluate.infotext import read_png_infotext
 
-    _, before, run = train_tiny(train={"max_steps": 2, "mixed_precision": "bf16"},
+    fp32, _, run32 = train_tiny(train={"max_steps": 2})
+    c, before, run = train_tiny(train={"max_steps": 2, "mixed_precision": "bf16"},
                                 logging={"sample_every_n_steps": 2, "sample_prompts": ["red circle", ""],
                                          "sample_seeds": [1], "sample_steps": 2})
-    assert run.logger.smoothed == run.logger.smoothed  # finite loss (not NaN)
+    assert changed(before["unet"], c.unet) == set(before["unet"])  # every UNet tensor moved
+    # The same data, seeds and steps as the fp32 run: the loss agrees to bf16's precision, but is not the fp32 number
+    # (had the setting been ignored, both runs would be bit-identical).
+    assert math.isfinite(run.logger.smoothed) and run.logger.smoothed != run32.logger.smoothed
+    assert run.logger.smoothed == pytest.approx(run32.logger.smoothed, rel=0.01)
+    assert changed(fp32.unet.state_dict(), c.unet)  # and so are the weights
+    assert all(p.dtype == torch.float32 for p in c.unet.parameters())  # bf16 computes; the weights stay fp32
+    assert run.accelerator.mixed_precision == "bf16"
     pngs = sorted((run.config.train.output_dir / "samples/step-000002").glob("*.png"))
     assert len(pngs) == 2
     info = read_png_infotext(pngs[0])

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,19 +15,31 @@ from tiny_run import base_config
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("tiny_run.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+# CUBLAS_WORKSPACE_CONFIG: cuBLAS is deterministic only with it (tiny_run turns deterministic algorithms on under CUDA:
+# the bit-identical claims below hold there only so). Unchecked on a GPU so far: these machines have none.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+
+def free_port() -> int:
+    """A port nothing listens on now, picked by the OS (a fixed one fails whenever another run holds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launch(config: dict, path: Path, *args: str, processes: int = 1) -> subprocess.Popen:
     path.write_text(json.dumps(config))
+    env = ENV
     if processes == 1:
         command = [sys.executable, str(SCRIPT), str(path), *args]
     else:
         accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
         command = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                    str(SCRIPT), str(path), *args]
-    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if torch.cuda.device_count() < processes:  # never two ranks on one GPU: fewer GPUs than ranks → all on CPU
+            env = {**ENV, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process: subprocess.Popen) -> int:

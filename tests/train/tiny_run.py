@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if torch.cuda.is_available():  # the resume test compares bit for bit: CUDA's fast kernels are not deterministic
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warns naming an op that has no such kernel
+        torch.backends.cudnn.benchmark = False
     from accelerate import PartialState
 
     from tunelab.train.batches import InMemoryBatches

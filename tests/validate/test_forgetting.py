@@ -5,26 +5,20 @@ training loss falls; a gentle one (text encoders frozen, lr 1e-5) leaves the ret
 The shipped toy base generates the retention set from the toy probes' retention prompts (`retention_prompts()`: the
 retain concepts of the groups cars, characters and locations — known concepts the finetune world does not contain).
 Both finetunes run through the real trainer (`run_training`) on the toy finetune world, 30 steps of batch 8. The
-"training loss" is the deterministic validation loss on the finetune images themselves. Margins are about half of
-what was measured (numbers in the comments)."""
+"training loss" is the deterministic validation loss on the finetune images themselves (the same noise and timesteps
+for every model, so a difference is the models', not sampling's). Margins are relative — to the base's own loss and
+between the two finetunes — so a rebuilt toy base needs no recalibration; the measured numbers are in the comments."""
 
-import pytest
-import torch
-
-from tunelab.models.io import load_model
+from tunelab.toy import base_model as toy_base  # shipped with the package: missing is a packaging bug, not a skip
+from tunelab.toy.base_recipe import encode_latents, to_tensor
+from tunelab.toy.concepts import KNOWN_COLOURS, LOCATIONS
+from tunelab.toy.evaluation import retention_prompts
+from tunelab.toy.world import generate
 from tunelab.train.batches import InMemoryBatches
 from tunelab.train.config import RunConfig
 from tunelab.train.recipe import run_training
 from tunelab.validate.sets import ValidationItem, ValidationSet
 from tunelab.validate.validator import Validator
-
-toy_base = pytest.importorskip("tunelab.toy.base_model", reason="the toy world (tunelab.toy) is not installed")
-if not (toy_base.TOY_BASE_DIR / "model_index.json").exists():
-    pytest.skip(f"the shipped toy base is missing ({toy_base.TOY_BASE_DIR})", allow_module_level=True)
-from tunelab.toy.base_recipe import encode_latents, to_tensor  # noqa: E402
-from tunelab.toy.concepts import KNOWN_COLOURS, LOCATIONS  # noqa: E402
-from tunelab.toy.evaluation import retention_prompts  # noqa: E402
-from tunelab.toy.world import generate  # noqa: E402
 
 
 def finetune_config(tmp_path, name: str, learning_rate: float, text_encoders: str) -> RunConfig:
@@ -44,6 +38,7 @@ def finetune_config(tmp_path, name: str, learning_rate: float, text_encoders: st
 def test_retention_loss_rises_for_a_forgetting_finetune_and_not_for_a_gentle_one(tmp_path):
     # the set the margins below were measured on: every car, mira, every location (none is in the finetune world)
     assert retention_prompts() == [f"{c}, car" for c in KNOWN_COLOURS] + ["mira"] + list(LOCATIONS)
+    assert (toy_base.TOY_BASE_DIR / "model_index.json").exists(), f"the shipped toy base is missing: {toy_base.TOY_BASE_DIR}"
     base = toy_base.load_toy_base(dtype="fp32")
     finetune = generate("finetune", 48, seed=0)
     latents = encode_latents(base.vae, to_tensor(finetune))
@@ -69,12 +64,13 @@ def test_retention_loss_rises_for_a_forgetting_finetune_and_not_for_a_gentle_one
            **{name: {k: round(change(r, f"{k}/mean"), 4) for k in ("train", "retention")}
               for name, r in (("forgetting", forgetting), ("gentle", gentle))}})
     # measured (toy base of 11:03): base train 0.1746, retention 0.0754; forgetting train -0.0941, retention +0.0172
-    # (+23 %); gentle train -0.0329, retention -0.0002
-    assert change(forgetting, "train/mean") < -0.04
-    assert change(forgetting, "retention/mean") > 0.008
-    assert change(gentle, "train/mean") < 0  # it learns too, slowly
-    assert change(gentle, "retention/mean") < 0.002
+    # (+23 % of the base's); gentle train -0.0329, retention -0.0002
+    rise = change(forgetting, "retention/mean")
+    assert change(forgetting, "train/mean") < change(gentle, "train/mean") < 0  # both learn, the hot one faster
+    assert rise > 0.1 * before["val/retention/mean"]  # forgetting: a tenth of the base's own loss at least
+    assert change(gentle, "retention/mean") < 0.25 * rise  # gentle: under a quarter of that
     # per band (0 = least noise), measured: forgetting +0.039 +0.028 +0.018 +0.016 +0.011 +0.012 +0.008 +0.006;
-    # gentle -0.013 +0.000 +0.002 +0.002 +0.002 +0.002 +0.002 +0.001 (its flat mean hides a small rise in 7 bands)
+    # gentle -0.013 +0.000 +0.002 +0.002 +0.002 +0.002 +0.002 +0.001 (its flat mean hides a small rise in 7 bands):
+    # in every band the forgetting finetune rises more, by a tenth of its mean rise at least (measured: 3 tenths)
     for k in range(8):
-        assert change(forgetting, f"retention/band_{k}") > change(gentle, f"retention/band_{k}") + 0.002
+        assert change(forgetting, f"retention/band_{k}") > change(gentle, f"retention/band_{k}") + 0.1 * rise, k
