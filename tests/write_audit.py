@@ -2,10 +2,10 @@
 
 A file counts as written atomically when it reached its final name by a rename: it was renamed there itself (a temp
 file + `os.replace`), or it was inside a folder renamed there (a checkpoint, a diffusers folder built next to its
-target). Two things fail the check: a file that appeared or changed under its final name without such a rename (a
-library writing straight to the target, e.g. safetensors' or torch's own writers, which no `open` event shows), and
-any Python `open` for writing of a path that is a final file at the end (an in-place rewrite, even of a file that was
-first written atomically). The README names the exceptions and how they recover: TensorBoard event files (appended
+target). Three things fail the check: a file that appeared or changed under its final name without such a rename (a
+library writing straight to the target, e.g. safetensors' or torch's own writers, which no `open` event shows); a
+file that is no longer the one renamed there (another inode, size or mtime: replaced or rewritten afterwards); and any
+Python `open` for writing of a path that is a final file at the end (an in-place rewrite). The README names the exceptions and how they recover: TensorBoard event files (appended
 record by record) and SQLite databases (WAL journal)."""
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ class WriteAudit:
         self.root = str(Path(root).resolve())
         self.before = self.snapshot()
         self.opened_for_writing: set[str] = set()
-        self.renamed_into_place: set[str] = set()
+        self.renamed_into_place: dict[str, tuple[int, int, int]] = {}  # final path → the file renamed there
 
     def snapshot(self) -> dict[str, tuple[int, int, int]]:
         found = {}
         for parent, _, files in os.walk(self.root):
             for name in files:
                 path = os.path.join(parent, name)
-                st = os.lstat(path)
-                found[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+                found[path] = identity(path)
         return found
 
     def inside(self, path: str) -> bool:
@@ -54,9 +53,10 @@ class WriteAudit:
             if os.path.isdir(source):  # the folder's files reach their final names with it
                 for parent, _, files in os.walk(source):
                     for file in files:
-                        self.renamed_into_place.add(os.path.join(target, os.path.relpath(os.path.join(parent, file), source)))
+                        path = os.path.join(parent, file)
+                        self.renamed_into_place[os.path.join(target, os.path.relpath(path, source))] = identity(path)
             else:
-                self.renamed_into_place.add(target)
+                self.renamed_into_place[target] = identity(source)
 
     def problems(self, *, written_by_the_test: tuple[str | os.PathLike, ...] = ()) -> list[str]:
         """Files written without a rename into place (new or changed since the audit began), then in-place writes."""
@@ -68,10 +68,17 @@ class WriteAudit:
                 continue
             if path not in self.renamed_into_place:
                 found.append(f"not renamed into place: {os.path.relpath(path, self.root)}")
+            elif self.renamed_into_place[path] != stat:
+                found.append(f"changed after it was renamed into place: {os.path.relpath(path, self.root)}")
         for path in sorted(self.opened_for_writing):
             if path in after and path not in mine and not _by_design(path):
                 found.append(f"opened for writing under its final name: {os.path.relpath(path, self.root)}")
         return found
+
+
+def identity(path: str) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _by_design(path: str) -> bool:

@@ -1,15 +1,17 @@
-"""A training run on the tiny SDXL with in-memory data, as a separate process: the resume and multi-process tests
-launch it (`python tiny_run.py CONFIG.json [--resume latest] [--kill-at-checkpoint STEP]`, or under
-`accelerate launch`). The data and model depend only on fixed seeds, so every launch sees the same ones."""
+"""A training run on the tiny SDXL with in-memory data, as a separate process: the resume tests launch it
+(`python tiny_run.py CONFIG.json [--resume latest] [--kill-mid-step SEED | --kill-mid-write SEED]`). The data and model
+depend only on fixed seeds, so every launch sees the same ones. The kills land at a seeded moment between the run's
+first two checkpoints: inside the UNet's forward pass of some micro-batch, or inside the writing of the second
+checkpoint (at one of its temp files being created, written or renamed)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
 import signal
-import threading
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -29,21 +31,55 @@ def small_sdxl():
     return tiny_sdxl(block_out_channels=(16, 32, 32), layers_per_block=1, te_layers=2)
 
 
-def kill_self_when(checkpoint: Path) -> None:
-    """SIGKILL this process as soon as `checkpoint` exists: an abrupt death in the middle of later steps."""
-    def watch():
-        while not checkpoint.exists():
-            time.sleep(0.001)
-        os.kill(os.getpid(), signal.SIGKILL)
+def die(message: str) -> None:
+    print(f"killed {message}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
-    threading.Thread(target=watch, daemon=True).start()
+
+def kill_mid_step(unet: torch.nn.Module, seed: int, every: int, accumulation: int) -> None:
+    """SIGKILL inside the UNet's forward pass of a seeded micro-batch of a step between checkpoints `every` and
+    `2 * every` (one UNet call per micro-batch: no sampling or validation in these runs)."""
+    rng = random.Random(seed)
+    step, micro = rng.randint(every + 1, 2 * every - 1), rng.randrange(accumulation)
+    target, calls = (step - 1) * accumulation + micro + 1, 0
+
+    def count(module, args):
+        nonlocal calls
+        calls += 1
+        if calls == target:
+            die(f"mid-step: step {step}, micro-batch {micro + 1} of {accumulation}")
+
+    unet.register_forward_pre_hook(count)
+
+
+def kill_mid_write(writing: Path, seed: int) -> None:
+    """SIGKILL at a seeded file event under `writing` (the checkpoint's temp folder): a temp file created, opened for
+    writing or renamed. A checkpoint of these runs is 38 such events; the kill lands at one of the first 30."""
+    target, events = random.Random(seed).randint(1, 30), 0
+    prefix = str(writing)
+    written = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def hook(name: str, args: tuple) -> None:
+        nonlocal events
+        if name not in ("open", "os.rename") or isinstance(args[0], int):
+            return
+        if name == "open" and not (isinstance(args[2], int) and args[2] & written):
+            return
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(prefix):
+            events += 1
+            if events == target:
+                die(f"mid-write: event {target} ({name} {os.path.relpath(path, writing)})")
+
+    sys.addaudithook(hook)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("--resume")
-    parser.add_argument("--kill-at-checkpoint", type=int)
+    parser.add_argument("--kill-mid-step", type=int, metavar="SEED")
+    parser.add_argument("--kill-mid-write", type=int, metavar="SEED")
     parser.add_argument("--items", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -58,12 +94,17 @@ def main() -> None:
     from tunelab.train.recipe import run_training
 
     config = RunConfig.model_validate(json.loads(Path(args.config).read_text()))
-    if args.kill_at_checkpoint is not None:
-        kill_self_when(checkpoint_dir(config.train.output_dir, args.kill_at_checkpoint))
+    components = small_sdxl()
+    every = config.checkpoint.every_n_steps
+    if args.kill_mid_step is not None:
+        kill_mid_step(components.unet, args.kill_mid_step, every, config.train.gradient_accumulation_steps)
+    if args.kill_mid_write is not None:
+        second = checkpoint_dir(config.train.output_dir, 2 * every)
+        kill_mid_write(second.with_name(f".{second.name}.tmp"), args.kill_mid_write)
     state = PartialState(cpu=not torch.cuda.is_available())
     batches = InMemoryBatches(tiny_items(args.items), batch_size=config.train.batch_size, seed=config.train.seed,
                               rank=state.process_index, world_size=state.num_processes)
-    run_training(config, components=small_sdxl(), batches=batches, resume=args.resume)
+    run_training(config, components=components, batches=batches, resume=args.resume)
 
 
 if __name__ == "__main__":
