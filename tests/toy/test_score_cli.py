@@ -57,7 +57,7 @@ def test_scores_base_and_a_checkpoint_and_the_report_reads_them(tmp_path):
 
 
 def test_missing_model_is_one_line_error(tmp_path):
-    result = run_cli("toy", "score", tmp_path / "nope.safetensors", "--samples", "1", "--out", tmp_path / "out")
+    result = run_cli("toy", "score", tmp_path / "nope.safetensors", "--samples", "2", "--out", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "nope.safetensors" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
