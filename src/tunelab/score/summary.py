@@ -45,6 +45,15 @@ def summarise(probes: Probes, judged: dict[str, list[JudgedModel]], base: str = 
     # contamination images: every retain (uncond) concept's images in probe order, grouped by concept
     where_groups = {role: _labels([samples[c.name] * len(c.prompts) for c in probes.by_role(role)])
                     for role in ("retain", "uncond")}
+    # a target whose expectation repeats an earlier one's (the same look, prompted otherwise) has the same
+    # contamination: shown once, under the first
+    first_with: dict[str, str] = {}
+    same_as = {}
+    for concept in probes.by_role("target"):
+        key = repr(concept.expectation())
+        if key in first_with:
+            same_as[concept.name] = first_with[key]
+        first_with.setdefault(key, concept.name)
     results: dict[str, dict] = {}
     roles: dict[str, dict] = {}
     for setting in settings:
@@ -54,7 +63,7 @@ def summarise(probes: Probes, judged: dict[str, list[JudgedModel]], base: str = 
             x = _stack(runs, lambda r: r.passed[concept.name])
             b = None if is_base else _stack(judged[base], lambda r: r.passed[concept.name])
             entry = _estimates(x, b, prompt_groups[concept.name])
-            if concept.role == "target":
+            if concept.role == "target" and concept.name not in same_as:
                 entry["contamination"] = _contamination(runs, judged[base], [concept.name], is_base, where_groups)
             if not is_base:
                 entry["verdict"] = _verdict(concept.role, entry, thresholds)
@@ -80,7 +89,9 @@ def summarise(probes: Probes, judged: dict[str, list[JudgedModel]], base: str = 
         "settings": settings,
         "seeds": {s: len(judged[s]) for s in settings},
         "concepts": [{"name": c.name, "role": c.role, "group": c.group, "prompts": c.prompts,
-                      "images": len(judged[base][0].passed.get(c.name, []))} for c in probes.concepts],
+                      "images": len(judged[base][0].passed.get(c.name, [])),
+                      **({"contamination_as": same_as[c.name]} if c.name in same_as else {})}
+                     for c in probes.concepts],
         "thresholds": thresholds.model_dump(),
         "results": results,
         "roles": roles,

@@ -50,7 +50,7 @@ def format_scoreboard(board: dict) -> str:
         for concept in concepts:
             rows.append([concept["name"]] + [cell(board["results"][s].get(concept["name"]), s == base)
                                              for s in settings])
-    targets = [c["name"] for c in board["concepts"] if c["role"] == "target"]
+    targets = [c["name"] for c in board["concepts"] if c["role"] == "target" and "contamination_as" not in c]
     if targets:
         rows.append(["[contamination: target drawn without being asked]"] + [""] * len(settings))
         for target in targets:
