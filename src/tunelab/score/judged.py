@@ -57,10 +57,10 @@ def request_for(probe: Probe) -> SampleRequest:
 
 
 def image_path(folder: Path, probe: Probe) -> Path:
-    return folder / "images" / _safe(probe.concept) / probe.file_name
+    return folder / "images" / safe_name(probe.concept) / probe.file_name
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     """A concept name as a folder name (names are free text in the probes file)."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._") or "concept"
 

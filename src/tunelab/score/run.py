@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tunelab import atomic
 from tunelab.errors import TunelabError
-from tunelab.score.judged import JudgedModel, _safe, load_finished, sample_and_judge
+from tunelab.score.judged import JudgedModel, load_finished, safe_name, sample_and_judge
 from tunelab.score.judges.base import Judge
 from tunelab.score.probes import Probes
 from tunelab.score.summary import summarise
@@ -38,8 +38,13 @@ class ModelRun:
 
     @property
     def folder_name(self) -> str:
-        name = _safe(self.setting)
-        return f"{name}/seed-{self.seed_index}" if self.seeds_in_setting > 1 else name
+        return model_folder_names(self.setting, self.seeds_in_setting)[self.seed_index]
+
+
+def model_folder_names(setting: str, seeds: int) -> list[str]:
+    """Under models/: one folder per setting, or one per training seed inside it."""
+    name = safe_name(setting)
+    return [name] if seeds == 1 else [f"{name}/seed-{k}" for k in range(seeds)]
 
 
 def plan_runs(base: str | Path, checkpoints: list[tuple[str, str | Path]]) -> list[ModelRun]:

@@ -21,7 +21,8 @@ from PIL import Image
 from tunelab import atomic
 from tunelab.errors import fail
 from tunelab.score import intervals
-from tunelab.score.judged import _safe
+from tunelab.score.judged import safe_name
+from tunelab.score.run import model_folder_names
 from tunelab.toy.evaluation import RETENTION_GROUPS
 from tunelab.toy.judge import judge
 
@@ -51,8 +52,7 @@ class ScoreFolder:
         self.concepts = {c["name"]: c for c in self.board["concepts"]}
         self.runs: dict[str, list[dict]] = {}
         for setting in self.board["settings"]:
-            seeds = self.board["seeds"][setting]
-            names = [_safe(setting)] if seeds == 1 else [f"{_safe(setting)}/seed-{k}" for k in range(seeds)]
+            names = model_folder_names(setting, self.board["seeds"][setting])
             self.runs[setting] = [json.loads((self.folder / "models" / n / "judged.json").read_text()) for n in names]
 
     def has(self, setting: str) -> bool:
@@ -66,9 +66,8 @@ class ScoreFolder:
 
     def images(self, setting: str, concept: str) -> list[list[Path]]:
         """Per training seed, the concept's image files in probe order."""
-        seeds = self.board["seeds"][setting]
-        names = [_safe(setting)] if seeds == 1 else [f"{_safe(setting)}/seed-{k}" for k in range(seeds)]
-        return [sorted((self.folder / "models" / n / "images" / _safe(concept)).glob("*.png"), key=_probe_order)
+        names = model_folder_names(setting, self.board["seeds"][setting])
+        return [sorted((self.folder / "models" / n / "images" / safe_name(concept)).glob("*.png"), key=_probe_order)
                 for n in names]
 
     def result(self, setting: str, concept: str) -> dict:
