@@ -17,30 +17,11 @@ again, a model already scored with the same probes is not sampled again."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-
-
-def train_or_reuse(config: Path, text: str, final: Path, stale_scores: Path) -> float | None:
-    """Train the run `text` describes unless `final` was trained from this very config (a re-run with --work):
-    training seconds, or None when reused. A retrained checkpoint's old scores (same path, new weights) are
-    removed, or the scoring would reuse them."""
-    from tunelab.train.config import load_run_config
-    from tunelab.train.recipe import run_training
-
-    if final.exists() and config.is_file() and config.read_text() == text:
-        return None
-    config.write_text(text)
-    run = load_run_config(config)
-    shutil.rmtree(run.train.output_dir, ignore_errors=True)  # this bench's own folder: an unfinished or other run
-    shutil.rmtree(stale_scores, ignore_errors=True)
-    started = time.perf_counter()
-    run_training(run)
-    return time.perf_counter() - started
+from toy_sweep import train_or_reuse  # bench/ is on sys.path when run as a script
 
 
 def main() -> None:
