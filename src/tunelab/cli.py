@@ -297,15 +297,13 @@ def score(
 ) -> None:
     """Score concepts on the base and each checkpoint with the same seeds: pass rates, change against the base and
     contamination, each with a 95 % interval, and a verdict per concept (learned / kept / forgotten / inconclusive)."""
-    from tunelab.score.judges import make_judge
+    from tunelab.score.judges import judge_for
     from tunelab.score.probes import load_probes
     from tunelab.score.run import parse_checkpoint_arg, plan_runs, score_models
     from tunelab.score.table import format_scoreboard
 
     loaded = load_probes(probes)
-    options = loaded.spec.judge_options
-    chosen = make_judge(judge or loaded.spec.judge, judge_path or options.path,
-                        general_threshold=options.general_threshold, character_threshold=options.character_threshold)
+    chosen = judge_for(loaded, judge, judge_path)
     runs = plan_runs(base, [parse_checkpoint_arg(c) for c in checkpoint])
     board = score_models(loaded, chosen, runs, out, batch_size=batch_size, progress=not quiet, log=typer.echo)
     typer.echo(format_scoreboard(board))

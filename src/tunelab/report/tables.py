@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tunelab.report.inputs import Scoreboard, ValidationResults
 from tunelab.report.plots import band_label
+from tunelab.score.intervals import format_estimate
 
 FULL_COLOUR_AT = 0.5  # a change of 50 points (scores) or 50 % (losses) gets the strongest colour
 
@@ -59,13 +60,6 @@ def loss_cell(value: float, reference: float | None, row: str, against: str = "t
 VERDICT_STYLES = {"learned": True, "improved": True, "kept": True, "forgotten": False, "not learned": False}
 
 
-def interval_text(estimate: dict, *, points: bool) -> str:
-    v, lo, hi = (100 * estimate[k] for k in ("value", "low", "high"))
-    if points:
-        return f"{v:+.0f} [{lo:+.0f}, {hi:+.0f}]"
-    return f"{v:.0f}% [{lo:.0f}, {hi:.0f}]"
-
-
 def _verdict_style(verdict: str) -> str:
     good = VERDICT_STYLES.get(verdict)
     if good is None:
@@ -79,12 +73,12 @@ def estimate_cell(entry: dict | None, column: str, *, is_base: bool) -> Cell:
         return Cell("–", title=f"{column}: not measured")
     per_seed = entry.get("per_seed", [])
     seeds = (f"; per training seed: {', '.join(percent(v) for v in per_seed)}" if len(per_seed) > 1 else "")
-    text = interval_text(entry["rate"], points=False)
+    text = format_estimate(entry["rate"])
     if is_base or "change" not in entry:
         return Cell(text, title=f"{column}: {text}{seeds}")
     verdict = (entry.get("verdict") or {}).get("verdict", "")
     reason = (entry.get("verdict") or {}).get("reason", "")
-    change = interval_text(entry["change"], points=True)
+    change = format_estimate(entry["change"])
     return Cell(text, f"{change} {verdict}".strip(), _verdict_style(verdict),
                 f"{column}: {text}, change {change} points{seeds}" + (f" — {verdict}: {reason}" if reason else ""))
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -53,10 +53,7 @@ class Estimate:
         return {**asdict(self), "df": self.df if math.isfinite(self.df) else None}
 
     def format(self) -> str:
-        """'42% [31, 54]' for a rate, '+12 [+3, +21]' (percentage points) for a change."""
-        if self.kind == "rate":
-            return f"{100 * self.value:.0f}% [{100 * self.low:.0f}, {100 * self.high:.0f}]"
-        return f"{100 * self.value:+.0f} [{100 * self.low:+.0f}, {100 * self.high:+.0f}]"
+        return format_estimate(self.to_dict())
 
     def projected(self, n_seeds: int | None = None, images_factor: float = 1.0,
                   upper: float | None = None) -> tuple[float, float]:
@@ -76,6 +73,17 @@ class Estimate:
     def from_dict(cls, data: dict) -> "Estimate":
         df = math.inf if data["df"] is None else data["df"]
         return cls(**{**data, "per_seed": tuple(data["per_seed"]), "df": df})
+
+
+def format_estimate(estimate: Mapping | None) -> str:
+    """An estimate (or its scoreboard.json dict): '42% [31, 54]' for a rate, '+12 [+3, +21]' (percentage points) for
+    a change, '–' when not measured."""
+    if not estimate:
+        return "–"
+    v, lo, hi = (100 * estimate[k] for k in ("value", "low", "high"))
+    if estimate["kind"] == "rate":
+        return f"{v:.0f}% [{lo:.0f}, {hi:.0f}]"
+    return f"{v:+.0f} [{lo:+.0f}, {hi:+.0f}]"
 
 
 def rate(x, *, groups=None, prior_seed_sd: float | None = None) -> Estimate:

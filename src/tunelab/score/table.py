@@ -3,6 +3,8 @@ the base with the 95 % interval of the change, and the verdict; then the targets
 
 from __future__ import annotations
 
+from tunelab.score.intervals import format_estimate
+
 ROLE_TITLES = {"target": "targets: should be learned", "retain": "retain: should be kept",
                "uncond": "empty prompt"}
 
@@ -11,23 +13,13 @@ def pct(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-def interval_text(estimate: dict | None, *, points: bool) -> str:
-    """"42% [31, 54]" for a rate, "+12 [+3, +21]" (percentage points) for a change; "–" when not measured."""
-    if not estimate:
-        return "–"
-    v, lo, hi = (100 * estimate[k] for k in ("value", "low", "high"))
-    if points:
-        return f"{v:+.0f} [{lo:+.0f}, {hi:+.0f}]"
-    return f"{v:.0f}% [{lo:.0f}, {hi:.0f}]"
-
-
 def cell(result: dict | None, is_base: bool) -> str:
     if not result:
         return "–"
     if is_base:
-        return interval_text(result["rate"], points=False)
+        return format_estimate(result["rate"])
     verdict = (result.get("verdict") or {}).get("verdict", "")
-    return f"{pct(result['rate']['value'])} {interval_text(result.get('change'), points=True)} {verdict}".rstrip()
+    return f"{pct(result['rate']['value'])} {format_estimate(result.get('change'))} {verdict}".rstrip()
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -62,9 +54,9 @@ def format_scoreboard(board: dict) -> str:
                     if rate is None:
                         values.append("–")
                     elif s == base:
-                        values.append(interval_text(rate, points=False))
+                        values.append(format_estimate(rate))
                     else:
-                        values.append(f"{pct(rate['value'])} {interval_text(found.get(where + '_change'), points=True)}")
+                        values.append(f"{pct(rate['value'])} {format_estimate(found.get(where + '_change'))}")
                 rows.append([f"{target} {label}"] + values)
     rows.append(["[roles: all their images pooled]"] + [""] * len(settings))
     for role in ("target", "retain"):

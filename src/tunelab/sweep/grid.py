@@ -40,9 +40,9 @@ def sweep_grid_config(grid: SweepGridConfig, checkpoints: list[str], out: Path, 
 
 
 def grid_checkpoints(sweep: Sweep, record: SweepRecord) -> list[str]:
-    from tunelab.validate.run import checkpoint_model_path
+    from tunelab.models.model_path import resolve_model_path
 
-    models = [Path(sweep.base.model.path)] + [checkpoint_model_path(v.final_checkpoint) for v in record.finished()]
+    models = [Path(sweep.base.model.path)] + [resolve_model_path(v.final_checkpoint) for v in record.finished()]
     return [str(m) for m in models]
 
 

@@ -6,25 +6,25 @@ against the base; a setting whose contamination is above `contamination_max` is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from tunelab.score.intervals import format_estimate
 from tunelab.sweep.config import Sweep
 from tunelab.sweep.record import SweepRecord
 
 
 def score_sweep(sweep: Sweep, record: SweepRecord, *, progress: bool = True) -> dict:
-    from tunelab.score.judges import make_judge
+    from tunelab.score.judges import judge_for
     from tunelab.score.probes import load_probes
     from tunelab.score.run import plan_runs, score_models
-    from tunelab.validate.run import checkpoint_model_path
+    from tunelab.models.model_path import resolve_model_path
 
     config = sweep.config.score
     probes = load_probes(config.probes)
     if config.samples_per_prompt:
         probes = probes.with_samples(config.samples_per_prompt)
-    options = probes.spec.judge_options
-    judge = make_judge(config.judge or probes.spec.judge, config.judge_path or options.path,
-                       general_threshold=options.general_threshold, character_threshold=options.character_threshold)
+    judge = judge_for(probes, config.judge, config.judge_path)
     setting_of = {v.name: v.setting or v.name for v in sweep.variants}
-    finished = [(setting_of[v.name], checkpoint_model_path(v.final_checkpoint)) for v in record.finished()]
+    finished = [(setting_of[v.name], resolve_model_path(v.final_checkpoint)) for v in record.finished()]
     runs = plan_runs(sweep.base.model.path, finished)
     print(f"score: base + {len(finished)} finished runs with {probes.path.name} ({judge.name} judge)", flush=True)
     return score_models(probes, judge, runs, sweep.output_dir / "score", batch_size=config.batch_size,
@@ -68,21 +68,15 @@ def _count(board: dict, setting: str, role: str, verdict: str) -> str:
     return f"{hits} of {len(names)}"
 
 
-def _points(estimate: dict | None, signed: bool = True) -> str:
-    if not estimate:
-        return "–"
-    v, lo, hi = (100 * estimate[k] for k in ("value", "low", "high"))
-    return f"{v:+.0f} [{lo:+.0f}, {hi:+.0f}]" if signed else f"{v:.0f}% [{lo:.0f}, {hi:.0f}]"
-
-
 def format_ranking(board: dict, retain_weight: float = 1.0, contamination_max: float = 0.10) -> str:
     ranked = rank_settings(board, retain_weight, contamination_max)
     header = ["rank", "setting", "seeds", "targets learned", "target gain", "retains kept", "retain change",
               "contamination", "objective"]
     rows = []
     for k, r in enumerate(ranked, 1):
-        rows.append(["–" if r.disqualified else str(k), r.setting, str(r.seeds), r.learned, _points(r.target_gain),
-                     r.kept, _points(r.retain_change), _points(r.contamination, signed=False),
+        rows.append(["–" if r.disqualified else str(k), r.setting, str(r.seeds), r.learned,
+                     format_estimate(r.target_gain), r.kept, format_estimate(r.retain_change),
+                     format_estimate(r.contamination),
                      f"{100 * r.objective:+.1f}" + (" (disqualified)" if r.disqualified else "")])
     widths = [max(len(row[c]) for row in [header] + rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]

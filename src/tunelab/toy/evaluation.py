@@ -29,12 +29,12 @@ def score_toy_models(models: dict[str, list[Path]], out: str | Path, *, samples_
                      judge: str = "toy", judge_path: str | Path | None = None, batch_size: int = 64,
                      progress: bool = False, log=print) -> dict:
     """`tunelab score` with the toy probes: `models` = setting → checkpoints (one per training seed), "base" first."""
-    from tunelab.score.judges import make_judge
+    from tunelab.score.judges import judge_for
     from tunelab.score.run import plan_runs, score_models
 
     probes = load_toy_probes(samples_per_prompt)
     (base,) = models["base"]
     runs = plan_runs(base, [(setting, path) for setting, paths in models.items() if setting != "base"
                             for path in paths])
-    return score_models(probes, make_judge(judge, judge_path), runs, out, batch_size=batch_size, progress=progress,
+    return score_models(probes, judge_for(probes, judge, judge_path), runs, out, batch_size=batch_size, progress=progress,
                         log=log)

@@ -21,6 +21,7 @@ from PIL import Image
 from tunelab import atomic
 from tunelab.errors import fail
 from tunelab.score import intervals
+from tunelab.score.intervals import format_estimate
 from tunelab.score.judged import safe_name
 from tunelab.score.run import model_folder_names
 from tunelab.toy.evaluation import RETENTION_GROUPS
@@ -110,12 +111,6 @@ def _within(effect: dict, margin: float) -> str:
     return INCONCLUSIVE
 
 
-def _fmt(effect: dict | None) -> str:
-    if not effect:
-        return "–"
-    return f"{100 * effect['value']:+.0f} [{100 * effect['low']:+.0f}, {100 * effect['high']:+.0f}]"
-
-
 def _missing(statement: str, comparison: str, setting: str) -> Finding:
     return Finding(statement, comparison, None, NOT_MEASURED, f"setting {setting} was not scored")
 
@@ -152,7 +147,7 @@ def content_kept(f: ScoreFolder, margin: float) -> Finding:
     effect = _change(f, "te-off", _concepts(f, "retain", RETENTION_GROUPS))
     style = _style_change(f, "te-off", _concepts(f, "retain", RETENTION_GROUPS))
     return Finding(s, c, effect, _kept(effect, margin),
-                   f"drawn in the finetune's outline style: {_fmt(style)} points", {"style_change": style})
+                   f"drawn in the finetune's outline style: {format_estimate(style)} points", {"style_change": style})
 
 
 def _kept(effect: dict, margin: float) -> str:
@@ -179,7 +174,7 @@ def some_forgotten(f: ScoreFolder) -> Finding:
         outcome = INCONCLUSIVE
     kept = sum(v == "kept" for v in verdicts.values())
     detail = (f"forgotten: {', '.join(forgotten) or 'none'}; kept {kept} of {len(retain)}; "
-              f"largest loss: {worst} {_fmt(f.result('te-on', worst)['change'])}")
+              f"largest loss: {worst} {format_estimate(f.result('te-on', worst)['change'])}")
     return Finding(s, c, f.result("te-on", worst)["change"], outcome, detail, {"forgotten": forgotten})
 
 
@@ -197,7 +192,8 @@ def only_content_changes(f: ScoreFolder, margin: float) -> Finding:
         outcome = DOES_NOT_HOLD
     else:
         outcome = INCONCLUSIVE
-    return Finding(s, c, content, outcome, f"content {content_verdict}; drawing style change {_fmt(style)} points "
+    return Finding(s, c, content, outcome, f"content {content_verdict}; drawing style change "
+                                          f"{format_estimate(style)} points "
                                           f"({style_verdict} within ±{100 * margin:.0f})", {"style_change": style})
 
 
@@ -211,8 +207,8 @@ def partial_unet_forgets_less(f: ScoreFolder, margin: float) -> Finding:
     x, groups = f.passed("te-on-sdxl-71", retain)
     y, _ = f.passed("te-on", retain)
     effect = intervals.difference(x, y, groups=groups).to_dict()
-    return Finding(s, c, effect, _rule(effect, margin), f"retain change vs base: full {_fmt(_change(f, 'te-on', retain))}, "
-                                                       f"partial {_fmt(_change(f, 'te-on-sdxl-71', retain))}")
+    full, partial = (format_estimate(_change(f, setting, retain)) for setting in ("te-on", "te-on-sdxl-71"))
+    return Finding(s, c, effect, _rule(effect, margin), f"retain change vs base: full {full}, partial {partial}")
 
 
 def quality_tags_misalign(f: ScoreFolder, margin: float) -> Finding:
@@ -251,7 +247,7 @@ def unconditional_works(f: ScoreFolder, margin: float) -> Finding:
     outcome = _kept(worst, margin)
     if outcome == HOLDS and not variety:
         outcome = DOES_NOT_HOLD
-    detail = (f"lowest: {worst_setting} {_fmt(worst)}; distinct subjects base {base_kinds}, "
+    detail = (f"lowest: {worst_setting} {format_estimate(worst)}; distinct subjects base {base_kinds}, "
               + ", ".join(f"{k} {v}" for k, v in kinds.items()))
     return Finding(s, c, worst, outcome, detail)
 
@@ -320,7 +316,7 @@ def format_findings(findings: list[dict]) -> str:
     lines = ["findings (the practitioner's statements on the toy world; effect in points [95 % interval]):"]
     for k, finding in enumerate(findings, 1):
         lines.append(f"{k}. {finding['statement']}")
-        lines.append(f"   {finding['verdict'].upper()}: {_fmt(finding['effect'])} — {finding['comparison']}")
+        lines.append(f"   {finding['verdict'].upper()}: {format_estimate(finding['effect'])} — {finding['comparison']}")
         if finding["detail"]:
             lines.append(f"   {finding['detail']}")
     counts = {v: sum(f["verdict"] == v for f in findings) for v in (HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, NOT_MEASURED)}

@@ -17,15 +17,6 @@ from tunelab.validate.loss import band_edges
 from tunelab.validate.validator import Validator
 
 
-def checkpoint_model_path(path: str | Path) -> Path:
-    """A trainer checkpoint folder holds its model in `model/` or `model.safetensors`; anything else is a model."""
-    path = Path(path)
-    for inside in (path / "model", path / "model.safetensors"):
-        if inside.exists():
-            return inside
-    return path
-
-
 def load_for_validation(path: Path, run_config: RunConfig, device: str) -> ModelComponents:
     from tunelab.models.io import load_model
 
@@ -46,7 +37,7 @@ def validate_checkpoints(config_path: str | Path, checkpoints: list[Path], *, ou
         models.append({"name": "base", "path": str(run_config.model.path), "scalars": validator(base)})
     for checkpoint in checkpoints:
         del base  # one model in memory at a time (the validator keeps only latents)
-        base = load_for_validation(checkpoint_model_path(checkpoint), run_config, device)
+        base = load_for_validation(Path(checkpoint), run_config, device)  # load_model resolves step-N folders
         models.append({"name": model_label(checkpoint), "path": str(checkpoint), "scalars": validator(base)})
     num_train_timesteps = base.scheduler.config.num_train_timesteps
     results = {"config": str(Path(config_path).resolve()), "seed": config.seed,

@@ -7,7 +7,7 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.score.judges.base import Expectation, Judge, Judged
 
-__all__ = ["Expectation", "Judge", "Judged", "make_judge"]
+__all__ = ["Expectation", "Judge", "Judged", "make_judge", "judge_for"]
 
 
 def make_judge(name: str, path: str | Path | None = None, *, general_threshold: float = 0.35,
@@ -30,3 +30,10 @@ def make_judge(name: str, path: str | Path | None = None, *, general_threshold: 
 
         return ClipJudge(Path(path))
     raise TunelabError(f"unknown judge {name!r} (toy, tagger or clip)")
+
+
+def judge_for(probes, name: str | None = None, path: str | Path | None = None) -> Judge:
+    """The judge a probes file asks for (`judge`, `judge_options`), unless `name` / `path` override them."""
+    options = probes.spec.judge_options
+    return make_judge(name or probes.spec.judge, path or options.path, general_threshold=options.general_threshold,
+                      character_threshold=options.character_threshold)
