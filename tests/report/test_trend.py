@@ -1,0 +1,112 @@
+"""The loss trend (report/trend.py): on synthetic losses with a known slope against ln(step), the fitted slope's 95 %
+interval covers the truth about 95 % of the time, its R² is numpy's on the same x and y, the window selects the
+latest steps, a flat trend reads "no longer improving" with its numbers, and the smoothers match the trainer's EMA
+and a plain trailing median."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tunelab.report.trend import (LogStepFit, TooFewPoints, ema, fit_log_step, run_trend, window_points,
+                                  windowed_median)
+from tunelab.report.training_curves import RunCurves
+
+
+def synthetic(slope: float, *, steps: int = 400, noise: float = 0.02, seed: int = 0, intercept: float = 0.3):
+    rng = np.random.default_rng(seed)
+    x = np.arange(1, steps + 1)
+    y = intercept + slope * np.log(x) + rng.normal(0, noise, steps)
+    return [(int(s), float(v)) for s, v in zip(x, y)]
+
+
+def test_slope_interval_covers_the_known_slope_and_r2_is_numpys_on_the_same_data():
+    true_slope, covered, trials = -0.01, 0, 400
+    for seed in range(trials):
+        series = synthetic(true_slope, steps=60, seed=seed)
+        fit = fit_log_step("loss/raw", series, window=None)
+        assert isinstance(fit, LogStepFit) and fit.points == 30 and (fit.first_step, fit.last_step) == (31, 60)
+        covered += fit.low <= true_slope <= fit.high
+        if seed < 20:
+            x = np.log([s for s, _ in series[30:]])
+            y = np.array([v for _, v in series[30:]])
+            slope, intercept = np.polyfit(x, y, 1)
+            assert fit.slope == pytest.approx(slope, rel=1e-9) and fit.intercept == pytest.approx(intercept, rel=1e-9)
+            assert fit.r_squared == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-9)
+            predicted = np.polyval([slope, intercept], x)
+            assert fit.r_squared == pytest.approx(1 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    # binomial 95 % band around 0.95 for 400 trials: 0.929 .. 0.971
+    assert 0.925 <= covered / trials <= 0.975, covered / trials
+
+
+def test_r2_is_of_the_log_step_fit_not_of_another_x():
+    series = [(s, 1.0 / s) for s in range(1, 201)]  # curved in both step and ln(step)
+    fit = fit_log_step("loss/raw", series, window=200)
+    x_log, x_lin, y = np.log(np.arange(1, 201)), np.arange(1, 201), np.array([v for _, v in series])
+    assert fit.r_squared == pytest.approx(np.corrcoef(x_log, y)[0, 1] ** 2, rel=1e-9)
+    assert abs(fit.r_squared - np.corrcoef(x_lin, y)[0, 1] ** 2) > 0.1  # the other x would have told another story
+
+
+def test_window_is_the_latest_steps_and_defaults_to_the_latest_half():
+    series = [(s, 1.0) for s in range(0, 101, 5)]  # step 0 has no logarithm
+    assert [s for s, _ in window_points(series, None)] == list(range(55, 101, 5))
+    assert [s for s, _ in window_points(series, 20)] == [85, 90, 95, 100]
+    assert [s for s, _ in window_points(series, 1000)] == list(range(5, 101, 5))
+    assert window_points([(3, float("nan")), (4, 1.0)], None) == [(4, 1.0)]
+    few = fit_log_step("val/x/mean", [(10, 0.2), (20, 0.19)], None)
+    assert isinstance(few, TooFewPoints) and few.words() == "too few points to fit a trend (1 in steps 20–20; 3 needed)"
+
+
+@pytest.mark.parametrize("slope, verdict, opening", [
+    (-0.05, "improving", "still improving: "),
+    (0.0, "no longer improving", "no longer improving (the interval includes zero): "),
+    (0.05, "rising", "rising (getting worse): "),
+])
+def test_trend_words_say_the_verdict_with_its_numbers(slope, verdict, opening):
+    fit = fit_log_step("loss/raw", synthetic(slope, steps=300, noise=0.01, seed=3), window=200)
+    assert fit.verdict == verdict
+    value, low, high = fit.per_doubling
+    assert value == pytest.approx(fit.slope * math.log(2)) and low < value < high
+    words = fit.words()
+    assert words.startswith(opening)
+    assert f"{value:+.3g} per doubling of steps [{low:+.3g}, {high:+.3g}]" in words
+    assert f"R² {fit.r_squared:.2f} on ln(step), steps 101–300, 200 points" in words
+
+
+def test_a_tiny_but_certain_drop_is_still_no_longer_improving():
+    fit = fit_log_step("loss/raw", synthetic(-0.0005, steps=2000, noise=0.0002, seed=1), window=None)
+    assert fit.high < 0 and -fit.relative_per_doubling() < 0.01
+    assert fit.verdict == "no longer improving" and fit.words().startswith(
+        "no longer improving (a drop under 1% per doubling): ")
+
+
+def test_ema_is_the_trainers_smoothed_loss_and_the_median_ignores_a_spike(tmp_path):
+    from tunelab.train.config import LoggingConfig
+    from tunelab.train.logs import TrainLogger
+
+    losses = [0.3, 0.25, 0.4, 0.2, 0.22, 0.18]
+    logger = TrainLogger(tmp_path, LoggingConfig(histogram_every_n_steps=0, tensorboard=False), enabled=False)
+    for step, loss in enumerate(losses, start=1):
+        logger.step(step, loss=loss, grad_norm=1.0, lrs={}, images=1, timesteps=torch.tensor([1]))
+    assert ema(losses, 0.9)[-1] == pytest.approx(logger.smoothed, rel=1e-12)
+    spiky = [0.2] * 10 + [5.0] + [0.2] * 3
+    assert windowed_median(spiky, 5).max() == 0.2 and ema(spiky)[-1] > 0.5
+    assert list(windowed_median([3, 1, 2], 2)) == [3, 2, 1.5]
+
+
+def test_run_trend_fits_training_loss_and_each_validation_band():
+    curves = RunCurves("run", {
+        "loss/raw": synthetic(-0.02, steps=120, seed=5),
+        "val/held/mean": [(s, 0.2 - 0.01 * math.log(s)) for s in range(10, 121, 10)],
+        "val/held/band_1": [(s, 0.05) for s in range(10, 121, 10)],
+        "val/held/band_0": [(s, 0.3 + 0.001 * (s % 20)) for s in range(10, 121, 10)],
+    })
+    trend = run_trend(curves, window=None)
+    assert trend.training.verdict == "improving" and trend.last_ema is not None and trend.last_median is not None
+    mean, band0, band1 = trend.validation["held"]
+    assert [f.tag for f in (mean, band0, band1)] == ["val/held/mean", "val/held/band_0", "val/held/band_1"]
+    assert mean.verdict == "improving" and mean.r_squared == pytest.approx(1.0)
+    assert band1.verdict == "no longer improving" and band1.r_squared == 0.0
