@@ -24,6 +24,7 @@ from tunelab.models.components import ModelComponents
 from tunelab.models.config_folders import MODEL_PARTS
 from tunelab.models.detect import architecture_from_model_index, detect_format, safetensors_weight_files
 from tunelab.models.model_path import resolve_model_path
+from tunelab.models.safetensors_stream import write_safetensors
 from tunelab.models.single_file import cast_floats, load_single_file, save_single_file
 
 SaveFormat = Literal["diffusers", "single-file"]
@@ -143,12 +144,12 @@ def save_diffusers_folder(components: ModelComponents, folder: Path, dtype: torc
     with atomic_folder(folder) as tmp:
         atomic.write_json(tmp / "model_index.json", components_configs(components)["model_index"])
         for name, module in components.named_parts().items():
-            state_dict = cast_floats(module.state_dict(), dtype)
             if hasattr(module.config, "to_dict"):  # transformers: config.json + model.safetensors
-                module.save_pretrained(tmp / name, state_dict=state_dict)
-            else:
+                module.save_pretrained(tmp / name, state_dict=cast_floats(module.state_dict(), dtype))
+            else:  # streamed, cast per tensor: a full-size UNet is never held twice
                 module.save_config(tmp / name)
-                atomic.save_safetensors(tmp / name / "diffusion_pytorch_model.safetensors", state_dict, {"format": "pt"})
+                write_safetensors(tmp / name / "diffusion_pytorch_model.safetensors", module.state_dict(),
+                                  {"format": "pt"}, dtype=dtype)
         components.scheduler.save_config(tmp / "scheduler")
         for i, tokenizer in enumerate(components.tokenizers):
             tokenizer.save_pretrained(tmp / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}"))

@@ -247,9 +247,8 @@ def part_of_key(key: str, architecture: str) -> str | None:
     return next((part for part, prefix in part_prefixes(architecture).items() if key.startswith(prefix)), None)
 
 
-def _remap_back(state_dict, modules: dict[str, str], prefix: str, inner, unplaced: list[str]) -> dict[str, torch.Tensor]:
-    """Inverse of `_remap`: LDM key (with `prefix`) → diffusers key by the longest mapped LDM module path."""
-    inverse = {ldm: diffusers for diffusers, ldm in modules.items()}
+def _remap_back(state_dict, inverse: dict[str, str], prefix: str, inner, unplaced: list[str]) -> dict[str, torch.Tensor]:
+    """Inverse of `_remap`: LDM key (with `prefix`) → diffusers key by the longest LDM module path in `inverse`."""
     out = {}
     for key, tensor in state_dict.items():
         parts = key.removeprefix(prefix).split(".")
@@ -330,25 +329,39 @@ def open_clip_from_ldm(state_dict: dict[str, torch.Tensor], prefix: str, unplace
     return out
 
 
+class LdmToParts:
+    """Original-layout state dict → ({part: diffusers-named state dict}, unplaced keys), the module maps built once:
+    a loader calls it once on the whole header (meta tensors: names and shapes) and then per tensor as it reads.
+
+    Keys outside every part are left out (training state); non-weight keys inside a part are dropped; keys inside a
+    part that no mapping places are returned, for the caller to name. Every key maps on its own (no key needs
+    another), which is what lets a file be converted tensor by tensor."""
+
+    def __init__(self, architecture: str, configs: dict[str, dict]):
+        self.architecture = architecture
+        self.prefixes = part_prefixes(architecture)
+        self.unet_inverse = _inverted(unet_module_map(configs["unet"]))
+        self.vae_inverse = _inverted(vae_module_map(configs["vae"]))
+
+    def __call__(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+        by_part: dict[str, dict[str, torch.Tensor]] = {part: {} for part in self.prefixes}
+        for key, tensor in state_dict.items():
+            part = part_of_key(key, self.architecture)
+            if part is not None and not is_non_weight(key):
+                by_part[part][key] = tensor
+        unplaced: list[str] = []
+        parts = {
+            "unet": _remap_back(by_part["unet"], self.unet_inverse, UNET_PREFIX, _unet_inner_back, unplaced),
+            "vae": _remap_back(by_part["vae"], self.vae_inverse, VAE_PREFIX, _vae_inner_back, unplaced),
+            "text_encoder": clip_l_from_ldm(by_part["text_encoder"], self.prefixes["text_encoder"], unplaced),
+        }
+        if self.architecture == "sdxl":
+            parts["text_encoder_2"] = open_clip_from_ldm(by_part["text_encoder_2"], CLIP_G_PREFIX, unplaced)
+        return parts, unplaced
+
+
 def ldm_to_parts(
     state_dict: dict[str, torch.Tensor], architecture: str, configs: dict[str, dict]
 ) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
-    """Original-layout state dict → ({part: diffusers-named state dict}, unplaced keys).
-
-    Keys outside every part are left out (training state); non-weight keys inside a part are dropped; keys inside a
-    part that no mapping places are returned, for the caller to name."""
-    prefixes = part_prefixes(architecture)
-    by_part: dict[str, dict[str, torch.Tensor]] = {part: {} for part in prefixes}
-    for key, tensor in state_dict.items():
-        part = part_of_key(key, architecture)
-        if part is not None and not is_non_weight(key):
-            by_part[part][key] = tensor
-    unplaced: list[str] = []
-    parts = {
-        "unet": _remap_back(by_part["unet"], unet_module_map(configs["unet"]), UNET_PREFIX, _unet_inner_back, unplaced),
-        "vae": _remap_back(by_part["vae"], vae_module_map(configs["vae"]), VAE_PREFIX, _vae_inner_back, unplaced),
-        "text_encoder": clip_l_from_ldm(by_part["text_encoder"], prefixes["text_encoder"], unplaced),
-    }
-    if architecture == "sdxl":
-        parts["text_encoder_2"] = open_clip_from_ldm(by_part["text_encoder_2"], CLIP_G_PREFIX, unplaced)
-    return parts, unplaced
+    """`LdmToParts` applied once (see there)."""
+    return LdmToParts(architecture, configs)(state_dict)

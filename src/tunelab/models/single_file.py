@@ -4,7 +4,8 @@ Save: `ldm_layout.components_to_ldm` + our diffusers configs in the safetensors 
 non-standard) model round-trips exactly. Load: a file we wrote brings its configs; a foreign file uses the shipped
 full-size SD1.5 / SDXL configs. The keys and shapes are checked against the layout those configs imply *before* any
 weight is read; then `ldm_layout.ldm_to_parts` (the inverse of the save mapping, one explicit prefix per part) names
-every tensor, and the modules, built empty from the configs, take them as they are. No shape-based guess of which
+every tensor, and the modules, built empty from the configs, take them one at a time as they are read (never two
+copies of the model in memory; both directions stream through `safetensors_stream`). No shape-based guess of which
 text encoder a key block belongs to (diffusers' converters guess, and swap two encoders of the same width)."""
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
-from tunelab import atomic
 from tunelab.errors import fail
 from tunelab.models.components import Architecture, ModelComponents
 from tunelab.models.config_folders import MODEL_PARTS, TOKENIZER_PADS, shipped_configs
 from tunelab.models.completeness import check_nothing_on_meta
 from tunelab.models.detect import architecture_from_keys, read_safetensors_header
-from tunelab.models.ldm_layout import CLIP_G_PREFIX, components_to_ldm, is_non_weight, ldm_to_parts, part_of_key
+from tunelab.models.ldm_layout import CLIP_G_PREFIX, LdmToParts, components_to_ldm, is_non_weight, part_of_key
+from tunelab.models.safetensors_stream import SafetensorsReader, drop_from_page_cache, write_safetensors
 from tunelab.models.tokenizers import clip_tokenizer
 
 METADATA_ARCHITECTURE = "tunelab.architecture"
@@ -138,13 +141,12 @@ def cast_floats(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) 
 
 
 def save_single_file(components: ModelComponents, path: str | Path, dtype: torch.dtype | None = None) -> None:
-    tensors = cast_floats(components_to_ldm(components), dtype)
     metadata = {
         "format": "pt",
         METADATA_ARCHITECTURE: components.architecture,
         METADATA_CONFIGS: json.dumps(components_configs(components)),
     }
-    atomic.save_safetensors(path, tensors, metadata=metadata)
+    write_safetensors(path, components_to_ldm(components), metadata=metadata, dtype=dtype)  # cast per tensor
 
 
 # ---- load --------------------------------------------------------------------------------------------------------
@@ -178,16 +180,21 @@ def configs_for(path, architecture: Architecture, metadata: dict[str, str]) -> t
 
 
 def load_single_file(path: Path, *, dtype: torch.dtype, pickle: bool = False) -> ModelComponents:
-    if pickle:
-        state_dict = read_pickle_state_dict(path)
-        layout = validated_layout(path, {k: tuple(v.shape) for k, v in state_dict.items()}, {})
-    else:  # names and shapes are checked from the header, before reading gigabytes
-        from safetensors.torch import load_file
-
-        header = read_safetensors_header(path)
-        layout = validated_layout(path, header.shapes, header.metadata)
-        state_dict = load_file(str(path))
-    return components_from_ldm(state_dict, layout.architecture, layout.configs, dtype=dtype, source=str(path), path=path)
+    """Names and shapes are checked from the header, before any weight is read; then the tensors are read one at a
+    time, each converted and assigned into a module built empty (peak memory: the model plus one tensor)."""
+    if pickle:  # torch.load has to unpickle everything at once; it is then handed over tensor by tensor
+        tensors = read_pickle_state_dict(path)
+        source = TensorSource({k: tuple(v.shape) for k, v in tensors.items()}, tensors.pop)
+        layout = validated_layout(path, source.shapes, {})
+        return components_from_ldm(source, layout.architecture, layout.configs, dtype=dtype, source=str(path), path=path)
+    with SafetensorsReader(path) as reader:
+        layout = validated_layout(path, {k: reader.shape(k) for k in reader.keys()}, reader.metadata)
+        source = TensorSource({k: reader.shape(k) for k in reader.keys()}, reader.read,
+                              sum(reader.nbytes(k) for k in reader.keys()), reader.nbytes)
+        components = components_from_ldm(source, layout.architecture, layout.configs, dtype=dtype, source=str(path),
+                                          path=path)
+    drop_from_page_cache(path)
+    return components
 
 
 @dataclass
@@ -210,32 +217,64 @@ def validated_layout(path, shapes: dict[str, tuple[int, ...]], metadata: dict[st
     return Layout(architecture, configs, expected)
 
 
+@dataclass
+class TensorSource:
+    """Original-layout tensors by name, handed over one at a time (`read` is called once per key)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    read: Callable[[str], torch.Tensor]
+    total_bytes: int = 0  # for the progress bar; 0 = count tensors instead
+    nbytes: Callable[[str], int] | None = None
+
+    @classmethod
+    def of(cls, state_dict: dict[str, torch.Tensor]) -> "TensorSource":
+        return cls({k: tuple(v.shape) for k, v in state_dict.items()}, state_dict.__getitem__)
+
+
 def components_from_ldm(
-    state_dict: dict[str, torch.Tensor], architecture: Architecture, configs: dict[str, dict], *, dtype, source="", path=""
+    tensors: TensorSource | dict[str, torch.Tensor], architecture: Architecture, configs: dict[str, dict], *, dtype,
+    source="", path="",
 ) -> ModelComponents:
-    """Modules from an original-layout state dict: our own key mapping (`ldm_to_parts`), modules built with empty
-    weights from `configs`, each tensor assigned (cast to `dtype`, not copied otherwise); then checked complete."""
+    """Modules from original-layout tensors: our own key mapping (`LdmToParts`), modules built with empty weights
+    from `configs`. Every name and shape is checked first (on meta stand-ins), then each tensor is read, converted,
+    cast to `dtype` and assigned, and dropped before the next is read; finally the model is checked complete."""
     import diffusers
     from accelerate import init_empty_weights
 
+    if isinstance(tensors, dict):
+        tensors = TensorSource.of(tensors)
     where = path or source
+    to_parts = LdmToParts(architecture, configs)
     try:
-        parts, unplaced = ldm_to_parts(state_dict, architecture, configs)
+        parts, unplaced = to_parts({k: torch.empty(s, device="meta") for k, s in tensors.shapes.items()})
     except (ValueError, KeyError, TypeError) as e:
         raise fail(where, f"stored configs do not describe a single-file layout ({type(e).__name__}: {e})") from None
     if unplaced:
         raise fail(where, f"unexpected weight {unplaced[0]} (no module of the model has a place for it)")
     with init_empty_weights():  # parameters on meta until assigned; buffers (CLIP position_ids) real
         modules = build_modules(architecture, configs)
-    for name, module in modules.items():
-        assign_weights(module, parts[name], dtype, where, name)
-        module.eval()
-    scheduler = getattr(diffusers, configs["scheduler"]["_class_name"]).from_config(configs["scheduler"])
+    names = {name: check_part_names(module, parts[name], where, name) for name, module in modules.items()}
     extra = {}
     if architecture == "sdxl":
         extra["force_zeros_for_empty_prompt"] = configs["model_index"].get("force_zeros_for_empty_prompt", True)
-        if CLIP_G_PREFIX + "logit_scale" in state_dict:
-            extra["logit_scale"] = float(state_dict[CLIP_G_PREFIX + "logit_scale"])
+    logit_scale = CLIP_G_PREFIX + "logit_scale"
+    wanted = [k for k in tensors.shapes  # keys outside the parts (EMA, training state) and non-weights: never read
+              if part_of_key(k, architecture) is not None and (not is_non_weight(k) or k == logit_scale)]
+    with tqdm(total=tensors.total_bytes or len(wanted), unit="B" if tensors.total_bytes else " tensors",
+              unit_scale=True, desc="loading", disable=None, leave=False) as bar:
+        for key in wanted:
+            tensor = tensors.read(key)
+            if key == logit_scale:
+                extra["logit_scale"] = float(tensor)
+            converted, _ = to_parts({key: tensor})
+            del tensor  # the file's copy goes as soon as the converted one is assigned
+            for part, named in converted.items():
+                for name, value in named.items():
+                    put_tensor(modules[part], names[part][name], value, dtype)
+            bar.update(tensors.nbytes(key) if tensors.nbytes and tensors.total_bytes else 1)
+    for module in modules.values():
+        module.eval()
+    scheduler = getattr(diffusers, configs["scheduler"]["_class_name"]).from_config(configs["scheduler"])
     tokenizers = [clip_tokenizer(pad_token=pad) for pad in TOKENIZER_PADS[architecture].values()]
     encoders = [modules[p] for p in ("text_encoder", "text_encoder_2") if p in modules]
     components = ModelComponents(architecture, modules["unet"], modules["vae"], encoders, tokenizers, scheduler,
@@ -244,20 +283,39 @@ def components_from_ldm(
     return components
 
 
-def assign_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], dtype, path, part: str) -> None:
-    """Every tensor of `module`'s state dict from `tensors` (exactly those keys, same shapes), floats cast to
-    `dtype`; the module takes the tensors themselves (`assign=True`: no second copy of the model in memory)."""
+def check_part_names(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path, part: str) -> dict[str, str]:
+    """Every tensor of `module`'s state dict is among `tensors` (same shape) and nothing else is; returns the
+    module's name of each key (transformers ≥ 5.6 CLIPTextModel has no `text_model.` level, files keep it)."""
     expected = module.state_dict()
-    if not any(k.startswith("text_model.") for k in expected):  # transformers ≥ 5.6 CLIPTextModel has no such level
-        tensors = {k.removeprefix("text_model."): v for k, v in tensors.items()}
+    drop_level = not any(k.startswith("text_model.") for k in expected)
+    names = {k: k.removeprefix("text_model.") if drop_level else k for k in tensors}
+    given = {names[k]: v for k, v in tensors.items()}
     for key, reference in expected.items():
-        if key not in tensors:
+        if key not in given:
             raise fail(path, f"{part}: weight {key} was not found in the file")
-        if tensors[key].shape != reference.shape:
-            raise fail(path, f"{part}: weight {key} has shape {list(tensors[key].shape)}, the model expects "
+        if given[key].shape != reference.shape:
+            raise fail(path, f"{part}: weight {key} has shape {list(given[key].shape)}, the model expects "
                              f"{list(reference.shape)}")
-    extra = sorted(set(tensors) - set(expected))
+    extra = sorted(set(given) - set(expected))
     if extra:
         raise fail(path, f"{part}: unexpected weight {extra[0]} (the model has no place for it)")
-    cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    module.load_state_dict(cast, strict=True, assign=True)
+    return names
+
+
+def put_tensor(module: torch.nn.Module, name: str, tensor: torch.Tensor, dtype) -> None:
+    """Assign one parameter or buffer (floats cast to `dtype`): the module takes the tensor itself, no copy."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name)
+    tensor = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=owner._parameters[leaf].requires_grad)
+    else:
+        owner._buffers[leaf] = tensor
+
+
+def assign_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], dtype, path, part: str) -> None:
+    """Every tensor of `module`'s state dict from `tensors` (exactly those keys, same shapes), floats cast to
+    `dtype`, each assigned as it is (no second copy of the model in memory)."""
+    names = check_part_names(module, tensors, path, part)
+    for key, tensor in tensors.items():
+        put_tensor(module, names[key], tensor, dtype)
