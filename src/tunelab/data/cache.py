@@ -29,7 +29,7 @@ from tunelab.data.caption_config import CaptionConfig, text_randomness
 from tunelab.data.captions import SubsetPolicies
 from tunelab.data.index import DatasetIndex, IndexItem
 from tunelab.data.pixels import item_pixels
-from tunelab.data.shards import ShardProblem, ShardStore
+from tunelab.data.shards import WHOLE, ShardProblem, ShardStore, WorkShare, shared_store
 from tunelab.errors import TunelabError
 from tunelab.models.text_conditioning import CHUNK_TOKENS, chunk_token_ids, encode_prompts
 
@@ -63,10 +63,26 @@ def weights_fingerprint(*modules: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _items_of(index: DatasetIndex) -> Iterator[IndexItem]:
-    """Every usable item, train and validation, bucket by bucket (so an encode batch shares one shape)."""
+def _items_of(index: DatasetIndex, share: WorkShare = WHOLE, run: int = 1) -> Iterator[IndexItem]:
+    """Every usable item, train and validation, bucket by bucket (so an encode batch shares one shape); with a
+    share, this process's runs of `run` items of that sequence (a fresh build's shards are then exactly those of
+    one process, encoded in the same batches)."""
+    if share.world == 1:
+        for bucket in index.bucket_counts(split=None):
+            yield from index.iter_items(split=None, bucket=bucket)
+        return
+    position = 0
     for bucket in index.bucket_counts(split=None):
-        yield from index.iter_items(split=None, bucket=bucket)
+        ids = index.item_ids(split=None, bucket=bucket)
+        mine = [item_id for at, item_id in enumerate(ids, position) if share.takes(at, run)]
+        position += len(ids)
+        for page in _chunks(mine, 1000):
+            yield from index.get_many(page)
+
+
+def _share_count(index: DatasetIndex, share: WorkShare, run: int) -> int:
+    total = index.count(None)
+    return sum(min(run, total - start) for start in range(share.rank * run, total, share.world * run))
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -142,12 +158,13 @@ def encode_latents(vae, items: list[IndexItem], dtype: torch.dtype) -> list[dict
 
 
 def build_latent_cache(index: DatasetIndex, vae, config: CacheConfig, *, progress: bool = True,
-                       on_shard: Callable[[str], None] | None = None) -> CacheStats:  # fmt: skip
-    """Cache the latents of every usable item not cached yet under `config.dir / "latents"`."""
+                       on_shard: Callable[[str], None] | None = None, share: WorkShare = WHOLE) -> CacheStats:  # fmt: skip
+    """Cache the latents of every usable item not cached yet under `config.dir / "latents"` (with `share`: this
+    process's part; every process of the share calls it)."""
     dtype = _DTYPES[config.dtype]
-    with ShardStore(Path(config.dir) / "latents", latent_fingerprint(vae, config)) as store:
-        return _build(store, _items_of(index), index.count(None), latent_key,
-                      lambda batch: encode_latents(vae, batch, dtype), config, "latents", progress, on_shard)  # fmt: skip
+    with shared_store(Path(config.dir) / "latents", latent_fingerprint(vae, config), share) as store:
+        return _build(store, _items_of(index, share, config.shard_items), _share_count(index, share, config.shard_items),
+                      latent_key, lambda batch: encode_latents(vae, batch, dtype), config, "latents", progress, on_shard)  # fmt: skip
 
 
 class LatentCache:
@@ -220,7 +237,7 @@ def encode_text_items(components, prompts: list[str], settings: TextSettings, dt
 
 def build_text_cache(index: DatasetIndex, components, caption_config: CaptionConfig, config: CacheConfig,
                      *, text_encoder_mode: str, settings: TextSettings = TextSettings(), progress: bool = True,
-                     on_shard: Callable[[str], None] | None = None) -> CacheStats:  # fmt: skip
+                     on_shard: Callable[[str], None] | None = None, share: WorkShare = WHOLE) -> CacheStats:  # fmt: skip
     """Cache every usable item's prompt embeddings under `config.dir / "text"`; refused (TunelabError with the
     reason) when captions are random or text encoders train."""
     policies = SubsetPolicies.for_index(caption_config, index)
@@ -232,12 +249,13 @@ def build_text_cache(index: DatasetIndex, components, caption_config: CaptionCon
     def prompt_of(item: IndexItem) -> str:
         return policies.prompt(item, seed=0, epoch=0)  # deterministic: any seed/epoch gives the same text
 
-    with ShardStore(Path(config.dir) / "text", text_fingerprint(components, settings, config)) as store:
+    with shared_store(Path(config.dir) / "text", text_fingerprint(components, settings, config), share) as store:
         empty_path = store.folder / EMPTY_CHUNK
-        if not empty_path.exists():
+        if share.is_main and not empty_path.exists():
             empty = encode_text_items(components, [""], TextSettings(settings.clip_skip, 1, False), dtype)[0]
             save_safetensors(empty_path, {"prompt_embeds": empty["prompt_embeds"]})
-        return _build(store, _items_of(index), index.count(None), lambda it: prompt_key(prompt_of(it)),
+        return _build(store, _items_of(index, share, config.shard_items), _share_count(index, share, config.shard_items),
+                      lambda it: prompt_key(prompt_of(it)),
                       lambda batch: encode_text_items(components, [prompt_of(it) for it in batch], settings, dtype),
                       config, "text", progress, on_shard)  # fmt: skip
 

@@ -9,7 +9,13 @@ written to a temp file and renamed (`tunelab.atomic`); only then are its catalog
 transaction. A kill at any moment leaves either a complete, catalogued shard, a complete but uncatalogued one (an
 orphan, deleted and recomputed on the next run), or a temp file (deleted). Each entry records the `key` it was
 computed from (content hash + geometry, or the prompt), so a changed item is recomputed, never served stale.
-`verify()` re-reads every shard and checks its size, digest and tensor names against the catalogue."""
+`verify()` re-reads every shard and checks its size, digest and tensor names against the catalogue.
+
+Several writers (processes on one or many machines sharing the folder): SQLite must not be written from several
+machines at once, so only the main process writes the catalogue (`shared_store`). The others open it read-only
+(immutable: no locks, nothing written) and write each finished shard with a "<shard>.pending.json" beside it, its
+catalogue rows; the main process takes those in when every writer is done, and before the next build. Each writer
+names its shards with its own tag ("shard-p3-000001.safetensors"), so no two writers ever pick the same name."""
 
 from __future__ import annotations
 
@@ -17,9 +23,10 @@ import hashlib
 import json
 import sqlite3
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -36,6 +43,7 @@ CREATE TABLE IF NOT EXISTS entries (item_id INTEGER PRIMARY KEY, shard TEXT NOT 
 CREATE INDEX IF NOT EXISTS entries_by_shard ON entries (shard);
 """
 SHARD_GLOB = "shard-*.safetensors"
+PENDING = ".pending.json"  # "<shard>.pending.json": a finished shard's catalogue rows, not yet catalogued
 
 
 @dataclass(frozen=True)
@@ -55,17 +63,26 @@ class ShardStore:
     """Open with `ShardStore(folder, fingerprint)`; `fingerprint` (JSON-able) says what the tensors were computed
     with (which VAE, dtype, ...). A store built with another fingerprint is refused, not mixed."""
 
-    def __init__(self, folder: str | Path, fingerprint: dict | None = None, *, create: bool = True):
+    def __init__(self, folder: str | Path, fingerprint: dict | None = None, *, create: bool = True,
+                 writer: str = "", read_only: bool = False):  # fmt: skip
+        """`writer`: a tag in this writer's shard names. `read_only`: the catalogue is opened immutable (never
+        written, no locks); shards written go to the folder with a pending file (see the module docstring)."""
         self.folder = Path(folder)
+        self.writer, self.read_only = writer, read_only
         catalogue = self.folder / "catalogue.sqlite"
-        if not create and not catalogue.exists():
+        if (read_only or not create) and not catalogue.exists():
             raise fail(self.folder, "no cache here (run `tunelab cache` first)")
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(catalogue)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+        if read_only:
+            self.db = sqlite3.connect(catalogue.resolve().as_uri() + "?immutable=1", uri=True)
+        else:
+            self.db = sqlite3.connect(catalogue)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(_SCHEMA)
         stored = self.db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
         if fingerprint is not None:
+            if stored is None and read_only:
+                raise fail(self.folder, "cache catalogue has no fingerprint yet (the main process makes it)")
             if stored is None:
                 with self.db:
                     self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (json.dumps(fingerprint, sort_keys=True),))
@@ -89,7 +106,11 @@ class ShardStore:
     # --- writing ---------------------------------------------------------------------------------------------
 
     def remove_leftovers(self) -> list[str]:
-        """Delete temp files of interrupted writes and shards written but never catalogued; return their names."""
+        """Catalogue the finished shards other writers (or a killed run) left pending, then delete temp files of
+        interrupted writes and shards that are neither catalogued nor pending; return the deleted names."""
+        if self.read_only:
+            return []  # the main process settles the folder
+        self.adopt_pending()
         known = {r[0] for r in self.db.execute("SELECT name FROM shards")}
         removed = []
         for path in [*self.folder.glob(".shard-*.tmp"), *self.folder.glob(SHARD_GLOB)]:
@@ -99,26 +120,60 @@ class ShardStore:
         return sorted(removed)
 
     def next_shard_name(self) -> str:
-        """A name no catalogued shard and no file in the folder has (found once, then counted up)."""
+        """A name no catalogued shard and no file in the folder has (found once, then counted up), with this
+        writer's tag: writers never need to agree on names."""
+        prefix = f"shard-{self.writer}-" if self.writer else "shard-"
         if self._last_number is None:
             names = [r[0] for r in self.db.execute("SELECT name FROM shards")] + [p.name for p in self.folder.glob(SHARD_GLOB)]
-            self._last_number = max((int(n.removeprefix("shard-").removesuffix(".safetensors")) for n in names), default=0)
+            numbers = [n.removeprefix(prefix).removesuffix(".safetensors") for n in names if n.startswith(prefix)]
+            self._last_number = max((int(n) for n in numbers if n.isdigit()), default=0)
         self._last_number += 1
-        return f"shard-{self._last_number:06d}.safetensors"
+        return f"{prefix}{self._last_number:06d}.safetensors"
 
     def write_shard(self, tensors: dict[int, dict[str, torch.Tensor]], keys: dict[int, str]) -> str:
-        """Write one shard of {item_id: {name: tensor}} atomically, then catalogue it (replacing older entries)."""
+        """Write one shard of {item_id: {name: tensor}} atomically, then catalogue it (replacing older entries),
+        or, with a read-only catalogue, leave its rows in a pending file for the main process."""
         flat = {f"{item_id}.{name}": t.detach().cpu().contiguous() for item_id, named in tensors.items() for name, t in named.items()}
         data = serialize(flat, metadata={"items": json.dumps(sorted(tensors))})
         name = self.next_shard_name()
         write_bytes(self.folder / name, data)
-        replaced = set(self._shards_of(list(tensors)))
-        with self.db:
-            self.db.execute("INSERT INTO shards VALUES (?, ?, ?, ?)", (name, len(tensors), len(data), digest_of(data)))
-            self.db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
-                                [(item_id, name, keys[item_id]) for item_id in tensors])  # fmt: skip
-        self._drop_if_unreferenced(replaced)
+        record = {"name": name, "items": len(tensors), "bytes": len(data), "digest": digest_of(data),
+                  "fingerprint": self.fingerprint, "entries": [[item_id, keys[item_id]] for item_id in tensors]}  # fmt: skip
+        if self.read_only:
+            write_bytes(self.folder / (name + PENDING), json.dumps(record).encode())
+        else:
+            self._catalogue(record)
         return name
+
+    def _catalogue(self, record: dict) -> None:
+        name = record["name"]
+        replaced = set(self._shards_of([item_id for item_id, _ in record["entries"]])) - {name}
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)",
+                            (name, record["items"], record["bytes"], record["digest"]))  # fmt: skip
+            self.db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
+                                [(item_id, name, key) for item_id, key in record["entries"]])  # fmt: skip
+        self._drop_if_unreferenced(replaced)
+
+    def adopt_pending(self) -> list[str]:
+        """Catalogue every finished shard that has a pending file (in name order: a later computation of an item
+        replaces an earlier one); a pending file from other settings, or without its shard, is deleted."""
+        adopted = []
+        for pending in sorted(self.folder.glob("shard-*" + PENDING)):
+            shard = pending.with_name(pending.name.removesuffix(PENDING))
+            try:
+                record = json.loads(pending.read_text())
+            except (OSError, ValueError):  # written atomically, so only a foreign file can be unreadable
+                record = None
+            if record is not None and shard.exists() and record.get("fingerprint") == self.fingerprint:
+                self._catalogue(record)
+                adopted.append(shard.name)
+            pending.unlink(missing_ok=True)  # after the commit: a kill in between adopts it again, harmlessly
+        return adopted
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the main file, so read-only (immutable) openers see every commit."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _shards_of(self, item_ids: list[int]) -> list[str]:
         found = []
@@ -216,7 +271,9 @@ class ShardStore:
                     problems.append(ShardProblem(name, problem))
         known = set(self.shard_names())
         for path in sorted([*self.folder.glob(".shard-*.tmp"), *self.folder.glob(SHARD_GLOB)]):
-            if path.name not in known:
+            if path.name not in known and path.with_name(path.name + PENDING).exists():
+                problems.append(ShardProblem(path.name, "finished but not catalogued yet (taken in by the next build)"))
+            elif path.name not in known:
                 problems.append(ShardProblem(path.name, "leftover of an interrupted write (not used; removed by the next build)"))
         return problems
 
@@ -232,6 +289,51 @@ class ShardStore:
         if len(stored) != items:
             return f"holds {len(stored)} items, catalogue says {items}"
         return None
+
+
+@dataclass(frozen=True)
+class WorkShare:
+    """This process's part of a job split between `world` processes: runs of consecutive work units go to the
+    processes in turn. `barrier` waits for every process (a no-op for one)."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def takes(self, position: int, run: int) -> bool:
+        """Whether unit `position` (0-based, in the job's order) is this process's, in runs of `run` units."""
+        return (position // run) % self.world == self.rank
+
+
+WHOLE = WorkShare()
+
+
+@contextmanager
+def shared_store(folder: str | Path, fingerprint: dict, share: WorkShare = WHOLE) -> Iterator[ShardStore]:
+    """The store as each of `share.world` writers uses it. One writer: the plain store. Several: the main process
+    first takes in pending shards of earlier runs and clears leftovers; then every process writes its shards with a
+    read-only catalogue; when all are done, the main process catalogues the new shards."""
+    if share.world == 1:
+        with ShardStore(folder, fingerprint) as store:
+            yield store
+        return
+    if share.is_main:
+        with ShardStore(folder, fingerprint) as store:
+            store.remove_leftovers()
+            store.checkpoint()
+    share.barrier()
+    with ShardStore(folder, fingerprint, writer=f"p{share.rank}", read_only=True) as store:
+        yield store
+    share.barrier()  # not reached by a process that raised: the launcher stops the others
+    if share.is_main:
+        with ShardStore(folder, fingerprint) as store:
+            store.adopt_pending()
+            store.checkpoint()
+    share.barrier()  # the catalogue is complete for everyone who reads it next
 
 
 def _difference(old: dict, new: dict) -> str:
