@@ -327,11 +327,28 @@ def findings(
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder: the demo's output, a training run, or a grid folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html)."),
+    trend_window: Optional[int] = typer.Option(None, "--trend-window", min=3, help="Fit loss trends over the latest N steps (default: the latest half)."),
 ) -> None:
-    """One HTML page (opens from disk, offline): concept scoreboard, validation loss per band, training curves, grids."""
+    """One HTML page (opens from disk, offline): concept scoreboard, validation loss per band, training curves and
+    loss trends, grids."""
     from tunelab.report.build import write_report
 
-    typer.echo(f"wrote {write_report(run_dir, out)}")
+    typer.echo(f"wrote {write_report(run_dir, out, trend_window)}")
+
+
+@app.command()
+def watch(
+    run_dirs: list[Path] = typer.Argument(..., help="Run, sweep or demo folders to watch (they may not exist yet)."),
+    port: int = typer.Option(8710, "--port", min=0, max=65535, help="Port (0: any free one; the URL is printed)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    trend_window: Optional[int] = typer.Option(None, "--trend-window", min=3, help="Fit loss trends over the latest N steps (default: the latest half)."),
+    refresh: float = typer.Option(3.0, "--refresh", min=0.5, help="Seconds between page updates."),
+) -> None:
+    """A live, read-only web page over run folders while they train: state, progress and ETA, curves and loss trends,
+    latest samples, checkpoints, scoreboard and verdicts. Reads only the files the runs write."""
+    from tunelab.watch.server import serve
+
+    serve(run_dirs, host=host, port=port, trend_window=trend_window, refresh_s=refresh, log=typer.echo)
 
 
 toy_app = typer.Typer(help="The built-in toy world: tagged 32×32 images and a tiny SDXL base model.", no_args_is_help=True)

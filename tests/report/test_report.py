@@ -24,6 +24,8 @@ from PIL import Image
 
 from tunelab import atomic
 
+from headless_chromium import chromium  # tests/: on the path with its conftest
+
 SCRIPT_PROMPT = "<script>document.documentElement.setAttribute('data-pwned', 'yes')</script>"
 
 GRID_TOML = """
@@ -357,27 +359,15 @@ def test_findings_come_first_one_row_per_statement_with_its_verdict(run_folder, 
     assert re.search(r"Findings</h2>\s*<p class=\"source\">findings\.json: the practitioner", dom)
 
 
-def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install -y chromium)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}"]
-    result = subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=90)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
-
-
 def rendered_dom(page: Path, profile: Path) -> str:
     return chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri(), profile=profile).stdout
 
 
 def test_report_renders_in_chromium_images_load_and_the_prompt_script_never_runs(report, dom, tmp_path):
     images = re.findall(r"<img [^>]*>", dom)
-    assert len(images) == 2 + 4  # validation plot, training plot, 2×2 grid cells
+    assert len(images) == 3 + 4  # validation plot, training plot, the run's loss-trend plot, 2×2 grid cells
     assert all('data-loaded="yes"' in image for image in images), [i[:120] for i in images if "yes" not in i]
-    assert 'data-images-checked="6"' in dom
+    assert 'data-images-checked="7"' in dom
     assert "data-pwned" not in dom.split("<body", 1)[0]  # the <html> tag was never touched
     assert "&lt;script&gt;document.documentElement" in dom  # shown as text in the infotext list
     assert '<p id="image-status" class="missing"></p>' in dom  # no "… did not load" line
@@ -402,7 +392,7 @@ def test_moved_images_are_flagged_on_the_page(run_folder, tmp_path):
     dom = rendered_dom(page, tmp_path / "profile")
     broken = [image for image in re.findall(r"<img [^>]*>", dom) if 'data-loaded="no"' in image]
     assert len(broken) == 1 and "z0_y0_x1.png" in broken[0] and 'class="broken"' in broken[0]
-    assert "1 of 6 images did not load" in dom
+    assert "1 of 7 images did not load" in dom
     write_report(copy)  # rewritten now: the missing cell is named instead of linked
     assert "missing cells/z0_y0_x1.png" in (copy / "report.html").read_text()
 

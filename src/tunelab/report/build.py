@@ -12,9 +12,10 @@ from pathlib import Path
 from tunelab import __version__, atomic
 from tunelab.report.gallery import grid_views
 from tunelab.report.inputs import ReportInputs, ValidationResults, find_inputs
-from tunelab.report.plots import training_plot, validation_plot
+from tunelab.report.plots import training_plot, trend_plot, validation_plot
 from tunelab.report.tables import Cell, Row, Table, loss_cell, per_seed_table, scoreboard_table, validation_table
 from tunelab.report.training_curves import RunCurves, read_run_curves
+from tunelab.report.trend import run_trend
 
 TEMPLATE = "report.html"
 
@@ -62,13 +63,27 @@ def validation_references(inputs: ReportInputs) -> dict[str, tuple[str, float]]:
             for name in inputs.validations[0][1].sets if f"val/{name}/mean" in first.scalars}
 
 
-def training_section(inputs: ReportInputs) -> dict:
+def trend_section(curves: RunCurves, window: int | None = None) -> dict:
+    """One run's loss trend (report/trend.py): a row per curve with its verdict and numbers, the smoothed loss at
+    the last step, and the plot on a log-step axis."""
+    trend = run_trend(curves, window)
+    fits = ([trend.training] if trend.training is not None else []) + [f for fs in trend.validation.values() for f in fs]
+    return {"run": curves.name, "ema": trend.last_ema, "median": trend.last_median,
+            "step": (curves.scalars.get("loss/raw") or [(None, None)])[-1][0],
+            "rows": [{"curve": "training loss" if fit.tag == "loss/raw" else fit.tag, "verdict": fit.verdict,
+                      "words": fit.words()} for fit in fits],
+            "plot": trend_plot(curves, trend)}
+
+
+def training_section(inputs: ReportInputs, trend_window: int | None = None) -> dict:
     """Curves of every run with scalars; runs whose event files hold none (empty, or unreadable: TensorBoard skips
     corrupt records) are named instead."""
     read = [read_run_curves(run) for run in inputs.runs]
     runs = [run for run in read if run.scalars]
     references = validation_references(inputs)
     return {"plot": training_plot(runs, references) if runs else None,
+            "trends": [trend_section(run, trend_window) for run in runs],
+            "trend_window": trend_window,
             "summary": training_summary(runs, references) if runs else None,
             "sources": [_relative(run / "tensorboard", inputs.folder) for run in inputs.runs],
             "without_scalars": [_relative(path / "tensorboard", inputs.folder)
@@ -76,7 +91,7 @@ def training_section(inputs: ReportInputs) -> dict:
             "reference": next(iter(references.values()))[0] if references else ""}
 
 
-def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
+def report_context(inputs: ReportInputs, report_folder: Path, trend_window: int | None = None) -> dict:
     folder = inputs.folder
     scoreboards = [{"source": _relative(path, folder), "table": scoreboard_table(board),
                     "per_seed": per_seed_table(board), "judge": board.judge,
@@ -92,7 +107,7 @@ def report_context(inputs: ReportInputs, report_folder: Path) -> dict:
         "scoreboards": scoreboards,
         "findings": [{"source": _relative(path, folder), "rows": record.findings} for path, record in inputs.findings],
         "validations": [validation_section(path, results, folder) for path, results in inputs.validations],
-        "training": training_section(inputs) if inputs.runs else None,
+        "training": training_section(inputs, trend_window) if inputs.runs else None,
         "grids": [view for grid_folder, record in inputs.grids for view in grid_views(grid_folder, record, report_folder)],
     }
 
@@ -108,9 +123,10 @@ def render_report(context: dict) -> str:
     return environment.get_template(TEMPLATE).render(**context)
 
 
-def write_report(run_folder: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of `run_folder` to `out` (default: RUN_FOLDER/report.html); return its path."""
+def write_report(run_folder: str | Path, out: str | Path | None = None, trend_window: int | None = None) -> Path:
+    """Write the report of `run_folder` to `out` (default: RUN_FOLDER/report.html); return its path. `trend_window`:
+    the loss trends are fitted over the latest this many steps (default: the latest half of the steps)."""
     inputs = find_inputs(run_folder)
     out = Path(out).resolve() if out else inputs.folder / "report.html"
-    atomic.write_text(out, render_report(report_context(inputs, out.parent)))
+    atomic.write_text(out, render_report(report_context(inputs, out.parent, trend_window)))
     return out

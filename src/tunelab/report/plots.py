@@ -100,3 +100,44 @@ def training_plot(runs: list[RunCurves], references: dict[str, tuple[str, float]
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     return _data_uri(figure)
+
+
+def trend_plot(curves: RunCurves, trend, *, smoothing: float = 0.9, median_window: int = 25) -> str | None:
+    """One run's trends on a log-step axis (where the fit is a straight line): the raw training loss (faint), its EMA
+    and windowed median, and the fitted line over the window; then per validation set its mean and bands, each with
+    its fitted line. `trend`: report.trend.RunTrend of these curves. None when there is nothing to draw."""
+    from tunelab.report.trend import LogStepFit, ema, training_loss_series, validation_tags, windowed_median
+
+    raw = [(step, value) for step, value in training_loss_series(curves) if step >= 1]
+    panels = (["loss"] if raw else []) + [s for s in trend.validation if any(curves.scalars.get(t) for t in
+                                                                              validation_tags(curves, s))]
+    if not panels:
+        return None
+    figure, all_axes = _figure(len(panels), width_per_plot=4.6)
+
+    def fitted(axes, fit, colour) -> None:
+        if isinstance(fit, LogStepFit):
+            axes.plot([fit.first_step, fit.last_step], [fit.at(fit.first_step), fit.at(fit.last_step)], color=colour,
+                      linestyle="--", linewidth=1.6, label=f"fit: {fit.verdict}")
+
+    for axes, panel in zip(all_axes, panels):
+        if panel == "loss":
+            steps, values = [s for s, _ in raw], [v for _, v in raw]
+            axes.plot(steps, values, color="C0", alpha=0.25, linewidth=0.8, label="raw")
+            axes.plot(steps, ema(values, smoothing), color="C0", label=f"EMA {smoothing:g}")
+            axes.plot(steps, windowed_median(values, median_window), color="C1", label=f"median of {median_window}")
+            fitted(axes, trend.training, "black")
+            axes.set_title("training loss")
+        else:
+            for i, (tag, fit) in enumerate(zip(validation_tags(curves, panel), trend.validation[panel])):
+                series = [(s, v) for s, v in curves.scalars[tag] if s >= 1]
+                colour = "black" if tag.endswith("/mean") else f"C{i % 10}"
+                _plot_series(axes, series, tag.rsplit("/", 1)[1], color=colour, marker="o", markersize=3)
+                fitted(axes, fit, colour)
+            axes.set_yscale("log")
+            axes.set_title(f"val/{panel}: mean and bands")
+        axes.set_xscale("log")
+        axes.set_xlabel("optimizer step (log scale)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    return _data_uri(figure)

@@ -43,6 +43,13 @@ def windowed_median(values, window: int = 25) -> np.ndarray:
     return np.array([np.median(values[max(0, i + 1 - window): i + 1]) for i in range(len(values))])
 
 
+def same_decimals(*values: float) -> list[str]:
+    """Signed numbers with one number of decimals: 3 significant digits of the largest (-0.110 [-0.211, -0.009])."""
+    largest = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    decimals = min(9, max(0, 2 - math.floor(math.log10(largest)))) if largest > 0 else 3
+    return [f"{v:+.{decimals}f}" for v in values]
+
+
 @dataclass(frozen=True)
 class LogStepFit:
     """loss ≈ intercept + slope · ln(step), fitted by least squares on the points of steps first_step..last_step."""
@@ -79,8 +86,8 @@ class LogStepFit:
 
     def words(self) -> str:
         """One line: the verdict in words, then the numbers it was read from."""
-        value, low, high = self.per_doubling
-        numbers = (f"{value:+.3g} per doubling of steps [{low:+.3g}, {high:+.3g}] ({100 * self.relative_per_doubling():+.1f} %), "
+        value, low, high = same_decimals(*self.per_doubling)
+        numbers = (f"{value} per doubling of steps [{low}, {high}] ({100 * self.relative_per_doubling():+.1f} %), "
                    f"R² {self.r_squared:.2f} on ln(step), steps {self.first_step}–{self.last_step}, {self.points} points")
         if self.verdict == "improving":
             return f"still improving: {numbers}"

@@ -43,6 +43,7 @@ class TrainingRun:
     samples: object | None = None  # recipe.SampleRenderer
     validation: object | None = None  # tunelab.validate.validator.Validator (main process only)
     offloaded: OffloadedModules | None = None  # frozen text encoders kept out of memory (cached embeddings)
+    status: object | None = None  # train.run_status.RunStatus: status.json for `tunelab watch` (main process)
 
 
 def train(run: TrainingRun) -> Progress:
@@ -94,6 +95,8 @@ def train(run: TrainingRun) -> Progress:
 
         run.logger.step(progress.step, loss=loss, grad_norm=grad_norm, images=images_per_step,
                         timesteps=torch.cat(timesteps), lrs={g["name"]: g["lr"] for g in run.optimizer.param_groups})
+        if run.status is not None:
+            run.status.step(progress.step, images_per_step)
         if not finite:
             run.logger.scalar("nonfinite_skipped_step", 1.0, progress.step)
         bar.update(1)

@@ -28,6 +28,7 @@ from tunelab.train.noise import training_scheduler
 from tunelab.train.offload import OffloadedModules
 from tunelab.train.optim import build_lr_scheduler, build_optimizer
 from tunelab.train.parameters import format_dry_run, parameter_groups, plan_trainable
+from tunelab.train.run_status import RunStatus, ended
 from tunelab.train.samples import SampleRenderer
 
 
@@ -157,11 +158,20 @@ def run_training(config: RunConfig, *, components: ModelComponents | None = None
     run = build_run(config, components, batches, resume)
     if run.accelerator.is_main_process:
         write_run_record(config, Path(config.train.output_dir) / "run.json")
+        writer = run.logger.writer
+        run.status = RunStatus(config.train.output_dir, total_steps=run.total_steps, step=run.progress.step,
+                               flush=writer.flush if writer is not None else None)
+    error = None
     try:
         train(run)
+    except BaseException as e:
+        error = e
+        raise
     finally:
         if run.offloaded is not None:
             run.offloaded.finish()
+        if run.status is not None:  # status.json: finished, interrupted or failed, for `tunelab watch`
+            run.status.end(*ended(error, run.progress.step, run.total_steps), step=run.progress.step)
     run.accelerator.wait_for_everyone()
     return run
 

@@ -16,7 +16,7 @@ from tunelab.errors import TunelabError, fail
 from tunelab.train.checkpoint import STATE, find_checkpoint
 from tunelab.train.config import RunConfig
 
-RUN_OUTPUTS = ("run.json", "checkpoints", "tensorboard", "samples")  # what only a training run writes
+RUN_OUTPUTS = ("run.json", "status.json", "checkpoints", "tensorboard", "samples")  # what only a training run writes
 # `tunelab validate` writes validation.json there too, also before any training: not a sign of a run, but an
 # overwritten run's validation results go with it
 REPLACED_WITH_RUN = ("validation.json",)
