@@ -26,6 +26,7 @@ from tunelab.models.detect import architecture_from_model_index, detect_format, 
 from tunelab.models.model_path import resolve_model_path
 from tunelab.models.safetensors_stream import write_safetensors
 from tunelab.models.single_file import cast_floats, load_single_file, save_single_file
+from tunelab.models.stream_save import save_frozen_part, save_single_file_streamed
 
 SaveFormat = Literal["diffusers", "single-file"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -53,6 +54,43 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, allo
         if fmt == "diffusers":
             return load_diffusers_folder(path, dtype=dtype, allow_pickle=allow_pickle)
         return load_single_file(path, dtype=dtype, pickle=fmt == "pickle")
+
+
+def load_model_structure(path: str | Path, *, allow_pickle: bool = False) -> ModelComponents:
+    """The model's modules on the meta device (shapes, no weights), checked complete from the files' headers: what
+    a dry run needs, in seconds and without the model's memory (a pickle has no header: it is loaded)."""
+    from tunelab.models.completeness import folder_configs, folder_part_tensors, part_file_tensors
+    from tunelab.models.detect import read_safetensors_header
+    from tunelab.models.single_file import empty_components, validated_layout
+
+    path = resolve_model_path(path)
+    fmt = detect_format(path)
+    if fmt == "pickle":
+        return load_model(path, allow_pickle=allow_pickle)
+    with quiet_libraries():
+        if fmt == "single-file":
+            header = read_safetensors_header(path)
+            layout = validated_layout(path, header.shapes, header.metadata)
+            return empty_components(layout.architecture, layout.configs)
+        architecture = architecture_from_model_index(path)
+        configs = folder_configs(path, MODEL_PARTS[architecture])
+        configs["scheduler"] = _read_json(path / "scheduler" / "scheduler_config.json")
+        configs["model_index"] = _read_json(path / "model_index.json")
+        components = empty_components(architecture, configs)
+    for part, module in components.named_parts().items():
+        report = folder_part_tensors(module.state_dict(), part_file_tensors(path / part, allow_pickle))
+        if not report.complete:
+            raise fail(path / part, f"missing weight {report.missing[0]} ({report.describe()}; is the folder complete?)")
+    return components
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise fail(path, f"unreadable ({type(e).__name__}: {e})") from None
 
 
 def load_diffusers_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False) -> ModelComponents:
@@ -97,18 +135,22 @@ def save_model(
     *,
     format: SaveFormat = "diffusers",
     dtype: str | torch.dtype | None = None,
+    frozen: dict[str, Path] | None = None,
 ) -> Path:
     """Write `components` as a diffusers folder or an original-layout single file; `dtype` casts float weights
-    (None keeps each tensor's dtype). The modules themselves are never modified."""
+    (None keeps each tensor's dtype). The modules themselves are never modified. `frozen`: parts left on the meta
+    device whose weights are in a safetensors file (part name → file), streamed from there (`stream_save`)."""
     path = Path(path)
     dtype = parse_dtype(dtype)
     if format not in ("diffusers", "single-file"):
         raise TunelabError(f"format {format!r}: expected 'diffusers' or 'single-file'")
     with quiet_libraries():
-        if format == "single-file":
+        if format == "single-file" and frozen:
+            save_single_file_streamed(components, path, dtype, frozen)
+        elif format == "single-file":
             save_single_file(components, path, dtype=dtype)
         else:
-            save_diffusers_folder(components, path, dtype=dtype)
+            save_diffusers_folder(components, path, dtype=dtype, frozen=frozen)
     return path
 
 
@@ -138,12 +180,16 @@ def quiet_libraries() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def save_diffusers_folder(components: ModelComponents, folder: Path, dtype: torch.dtype | None = None) -> None:
+def save_diffusers_folder(components: ModelComponents, folder: Path, dtype: torch.dtype | None = None,
+                          frozen: dict[str, Path] | None = None) -> None:
     from tunelab.models.single_file import components_configs
 
     with atomic_folder(folder) as tmp:
         atomic.write_json(tmp / "model_index.json", components_configs(components)["model_index"])
         for name, module in components.named_parts().items():
+            if name in (frozen or {}):
+                save_frozen_part(module, tmp / name, frozen[name], dtype)
+                continue
             if hasattr(module.config, "to_dict"):  # transformers: config.json + model.safetensors
                 module.save_pretrained(tmp / name, state_dict=cast_floats(module.state_dict(), dtype))
             else:  # streamed, cast per tensor: a full-size UNet is never held twice

@@ -39,9 +39,14 @@ def load_components(config: RunConfig) -> ModelComponents:
 
 
 def dry_run(config: RunConfig, components: ModelComponents | None = None) -> str:
-    """The trainable-parameter table of this config; trains nothing."""
-    components = components or load_components(config)
-    return format_dry_run(plan_trainable(components, config))
+    """The trainable-parameter table of this config and its memory estimate; trains nothing. The model is read as
+    structure only (meta device, checked complete from the files' headers): no weights, no model-sized memory."""
+    from tunelab.models.io import load_model_structure
+    from tunelab.train.memory_estimate import estimate_memory
+
+    components = components or load_model_structure(config.model.path)
+    plan = plan_trainable(components, config)
+    return format_dry_run(plan) + "\n\n" + estimate_memory(components, plan, config).format()
 
 
 def make_accelerator(config: RunConfig):
