@@ -157,7 +157,7 @@ def prepare(
 ) -> None:
     """Index the dataset (SQLite): check every image once, bucket it, split it; bad files are skipped with reasons."""
     from tunelab.data.config import load_data_config
-    from tunelab.data.prepare import prepare_dataset, report_paths
+    from tunelab.data.prepare import prepare_dataset, report_paths, require_train_items
 
     data_config = load_data_config(config)
     if verify:
@@ -167,6 +167,7 @@ def prepare(
     typer.echo(stats.summary())
     typer.echo(f"index: {data_config.index}")
     typer.echo(f"skip report: {report_paths(data_config.index)[1]}")
+    require_train_items(stats, data_config.index)  # nothing to train on: exit 2
     if data_config.cache.latents or data_config.cache.text_embeddings:  # [data.cache] asks for caches: build them
         from tunelab.data.cache_runner import build_caches
 

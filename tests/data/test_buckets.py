@@ -62,7 +62,9 @@ def test_known_placement_numbers():
 def test_disabled_buckets_square_crop_and_bad_settings_rejected():
     p = assign_bucket(60, 40, BucketConfig(enabled=False, resolution=32, step=8, min_side=16, max_side=64))
     assert (p.bucket_width, p.bucket_height, p.resize_width, p.resize_height, p.crop_left) == (32, 32, 48, 32, 8)
+    off_grid = BucketConfig(resolution=1000, step=64)  # sd-scripts accepts it: the square is rounded down
+    assert (960, 960) in make_buckets(off_grid) and all(w * h <= 1000 * 1000 for w, h in make_buckets(off_grid))
     with pytest.raises(ValidationError):
-        BucketConfig(resolution=1000, step=64)
+        BucketConfig(resolution=400, step=64)  # below min_side 512
     with pytest.raises(ValidationError):
         BucketConfig(min_side=2048, max_side=1024)

@@ -139,11 +139,11 @@ keep_tokens = 2
     source = KohyaDatasetConfigSource(type="kohya_dataset_config", path=tmp_path / "dataset.toml")
     train, reg, ft = expand_kohya_dataset_config(source)
     assert (train.repeats, train.is_reg, train.caption_options) == (10, False, {"shuffle_caption": True, "keep_tokens": 2})
-    assert (reg.is_reg, reg.caption_extension, reg.caption_options["class_tokens"]) == (True, ".cap", "dog")
+    assert (reg.is_reg, reg.tags_extension, reg.caption_options["class_tokens"]) == (True, ".cap", "dog")
     assert isinstance(ft, KohyaMetadataSource) and ft.caption_options["keep_tokens"] == 0
     got = {c.path.name: c for c in iter_candidates([source])}
     assert got["a.png"].text.tags == "tag_a, tag_b" and got["a.png"].subset.repeats == 10
-    assert got["r.png"].text.caption == "a photo of a dog" and got["r.png"].subset.is_reg
+    assert got["r.png"].text.tags == "a photo of a dog" and got["r.png"].subset.is_reg  # the one file sd-scripts reads
     assert (got["f.png"].text.caption, got["f.png"].text.tags) == ("ft caption", "t1")
     direct = load_data_config(tmp_path / "dataset.toml")  # `tunelab prepare dataset.toml` works on it as it is
     assert direct.index == tmp_path / "dataset_index.sqlite" and direct.sources == [source]

@@ -17,6 +17,44 @@ from tunelab.errors import fail
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".jxl")
 
 
+class BucketConfig(StrictModel):
+    """Area-preserving aspect buckets (SDXL style). For tiny models e.g. resolution 32, step 8, min_side 16.
+
+    `resolution` is a side (area = side²) or [width, height] (area = width × height, as sd-scripts' "1024,768");
+    the square bucket is the largest multiple of `step` whose area fits. `upscale = false` is sd-scripts'
+    `bucket_no_upscale`: each image's bucket is its own size (shrunk to the area if larger) rounded down to `step`."""
+
+    enabled: bool = True
+    resolution: int | tuple[int, int] = 1024  # target area = resolution² (or width × height)
+    step: int = Field(64, ge=1)
+    min_side: int = Field(512, ge=1)
+    max_side: int = Field(2048, ge=1)
+    max_aspect: float = Field(4.0, ge=1.0)
+    upscale: bool = True
+
+    @model_validator(mode="after")
+    def _sides_fit(self):
+        width, height = self.size
+        if min(width, height) < 8:
+            raise ValueError("resolution must be at least 8")
+        if self.min_side > self.max_side:
+            raise ValueError("min_side must be <= max_side")
+        if self.min_side > min(width, height) or self.max_side < max(width, height):
+            raise ValueError("resolution must lie between min_side and max_side")
+        if self.min_side % self.step:
+            raise ValueError("min_side must be a multiple of step")
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the target resolution."""
+        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
+
+    def smallest_side(self) -> int:
+        """The smallest bucket side an image can land in (what the default too-small check is derived from)."""
+        return self.min_side if self.upscale else self.step
+
+
 class FolderSource(StrictModel):
     """A folder of images with optional sidecars next to each image: `.txt` (tags), `.caption`, `.json`.
 
@@ -34,6 +72,7 @@ class FolderSource(StrictModel):
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     # Caption options carried to the caption stage per item group (sd-scripts subset keys such as keep_tokens).
     caption_options: dict = Field(default_factory=dict)
+    buckets: BucketConfig | None = None  # this source's own buckets; None: the run's [data.buckets]
 
 
 class KohyaMetadataSource(StrictModel):
@@ -47,13 +86,19 @@ class KohyaMetadataSource(StrictModel):
     repeats: int = Field(1, ge=1)
     is_reg: bool = False
     caption_options: dict = Field(default_factory=dict)
+    buckets: BucketConfig | None = None  # this source's own buckets; None: the run's [data.buckets]
 
 
 class KohyaDatasetConfigSource(StrictModel):
-    """An sd-scripts dataset-config TOML: `[general]`, `[[datasets]]`, `[[datasets.subsets]]`."""
+    """An sd-scripts dataset-config TOML: `[general]`, `[[datasets]]`, `[[datasets.subsets]]` (see
+    `data/kohya_dataset_config.py`). Each subset gets its dataset's buckets; the run's [data.buckets] does not apply.
+
+    `command_line`: sd-scripts options given on its command line (`resolution`, `enable_bucket`, `shuffle_caption`,
+    …, named as in the dataset config): the fallback below `[general]`, as sd-scripts uses them."""
 
     type: Literal["kohya_dataset_config"]
     path: Path
+    command_line: dict = Field(default_factory=dict)
 
 
 Source = Annotated[Union[FolderSource, KohyaMetadataSource, KohyaDatasetConfigSource], Field(discriminator="type")]
@@ -65,27 +110,6 @@ class SplitConfig(StrictModel):
     validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     validation_folder: Path | None = None
     salt: str = ""  # change it to hold out a different (still deterministic) subset
-
-
-class BucketConfig(StrictModel):
-    """Area-preserving aspect buckets (SDXL style). For tiny models e.g. resolution 32, step 8, min_side 16."""
-
-    enabled: bool = True
-    resolution: int = Field(1024, ge=8)  # target area = resolution²
-    step: int = Field(64, ge=1)
-    min_side: int = Field(512, ge=1)
-    max_side: int = Field(2048, ge=1)
-    max_aspect: float = Field(4.0, ge=1.0)
-
-    @model_validator(mode="after")
-    def _sides_fit(self):
-        if self.min_side > self.max_side:
-            raise ValueError("min_side must be <= max_side")
-        if self.min_side > self.resolution or self.max_side < self.resolution:
-            raise ValueError("resolution must lie between min_side and max_side")
-        if self.resolution % self.step or self.min_side % self.step:
-            raise ValueError("resolution and min_side must be multiples of step")
-        return self
 
 
 class ImageChecks(StrictModel):
@@ -111,12 +135,13 @@ class DataConfig(StrictModel):
     captions: CaptionConfig = Field(default_factory=CaptionConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
 
-    def image_checks(self) -> ImageChecks:
-        """The checks prepare applies, with the default minimum side filled in from the buckets (an image upscaled
-        more than 4× to reach the smallest bucket teaches blur; a 1×1 image teaches nothing)."""
+    def image_checks(self, buckets: BucketConfig | None = None) -> ImageChecks:
+        """The checks prepare applies to an image bucketed by `buckets` (default: the run's), with the default
+        minimum side filled in from them (an image upscaled more than 4× to reach the smallest bucket teaches blur;
+        a 1×1 image teaches nothing)."""
         if self.images.min_side is not None:
             return self.images
-        return self.images.model_copy(update={"min_side": max(8, self.buckets.min_side // 4)})
+        return self.images.model_copy(update={"min_side": max(8, (buckets or self.buckets).smallest_side() // 4)})
 
     def resolved(self, base_dir: Path) -> "DataConfig":
         """A copy with every relative path made absolute against `base_dir` (the TOML file's folder)."""
@@ -140,16 +165,30 @@ def load_data_config(path: str | Path) -> DataConfig:
     """Read the `[data]` table of a run config, with paths resolved against the config's folder.
 
     An sd-scripts dataset-config TOML (`[[datasets]]`, no `[data]`) is accepted as it is: its subsets are the
-    sources, with default settings and the index next to it."""
+    sources, the index next to it, captions taken as written (no tag normalisation, as sd-scripts).
+
+    A run config's `train.batch_size` is handed to its sd-scripts dataset configs, whose `batch_size` must agree."""
     path = Path(path)
     raw = read_toml(path)
     table = raw.get("data")
     if table is None and isinstance(raw.get("datasets"), list):
-        table = {"index": f"{path.stem}_index.sqlite", "sources": [{"type": "kohya_dataset_config", "path": path.name}]}
+        table = {"index": f"{path.stem}_index.sqlite", "sources": [{"type": "kohya_dataset_config", "path": path.name}],
+                 "captions": {"underscores": "keep", "parentheses": "keep", "deduplicate": False}}
     if not isinstance(table, dict):
         raise fail(path, "no [data] table")
     try:
         config = DataConfig.model_validate(table)
     except ValidationError as e:
         raise fail(path, f"data.{describe_validation_error(e)}") from None
+    if isinstance(raw.get("train"), dict):
+        config = _with_run_batch_size(config, raw["train"])
     return config.resolved(path.parent)
+
+
+def _with_run_batch_size(config: DataConfig, train: dict) -> DataConfig:
+    from tunelab.train.config import TrainConfig  # the train table owns the batch size and its default
+
+    batch_size = train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
+    sources = [s.model_copy(update={"command_line": {**s.command_line, "batch_size": batch_size}})
+               if isinstance(s, KohyaDatasetConfigSource) else s for s in config.sources]
+    return config.model_copy(update={"sources": sources})

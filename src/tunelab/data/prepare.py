@@ -13,7 +13,6 @@ from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -22,10 +21,11 @@ from tqdm import tqdm
 
 from tunelab.atomic import atomic_path, write_json
 from tunelab.data.buckets import assign_bucket
-from tunelab.data.config import DataConfig, FolderSource, SplitConfig
+from tunelab.data.config import DataConfig, FolderSource, ImageChecks, SplitConfig
 from tunelab.data.images import ImageFacts, ImageSkip, inspect_image
 from tunelab.data.index import OK, SKIPPED, TRAIN, VALIDATION, DatasetIndex, IndexItem, Subset
 from tunelab.data.sources import Candidate, iter_candidates
+from tunelab.errors import TunelabError
 
 # Reasons decided by the image file itself (kept on an unchanged file without reading it again).
 IMAGE_SKIP_REASONS = {"empty_file", "too_many_pixels", "too_small", "animated", "not_an_image", "truncated", "corrupt"}
@@ -93,12 +93,16 @@ class _ItemBuilder:
         self.subset_ids: dict[str, int] = {}
         self.notes: Counter[str] = Counter()
 
+    def checks_for(self, candidate: Candidate) -> ImageChecks:
+        """The run's checks, with the default minimum side taken from the buckets this candidate lands in."""
+        return self.checks if candidate.buckets is None else self.config.image_checks(candidate.buckets)
+
     def build_batch(self, batch: list[Candidate], previous: dict[str, IndexItem]) -> list[IndexItem]:
         planned = [self._plan(c, previous.get(str(c.path))) for c in batch]
         to_read = [p for p in planned if isinstance(p, _NeedsRead)]
         paths = [p.candidate.path for p in to_read]
-        check = partial(inspect_image, checks=self.checks)
-        facts = iter(self.pool.map(check, paths, chunksize=4) if self.pool else map(check, paths))
+        checks = [self.checks_for(p.candidate) for p in to_read]
+        facts = iter(self.pool.map(inspect_image, paths, checks, chunksize=4) if self.pool else map(inspect_image, paths, checks))
         self.stats.images_read += len(to_read)
         return [self._finish(p, next(facts)) if isinstance(p, _NeedsRead) else p for p in planned]
 
@@ -117,7 +121,7 @@ class _ItemBuilder:
             return IndexItem(**base, status=SKIPPED, skip_reason=candidate.text.skip_reason)
         if self.checks.require_caption and not (candidate.text.tags or candidate.text.caption):
             return IndexItem(**base, status=SKIPPED, skip_reason="no_caption")
-        if not self._unchanged(previous, stat):
+        if not self._unchanged(previous, stat) or self._size_verdict_changed(candidate, previous):
             return _NeedsRead(candidate, base)
         self.stats.unchanged += 1
         if previous.status == SKIPPED:
@@ -135,7 +139,7 @@ class _ItemBuilder:
     def _accept(self, candidate: Candidate, base: dict, width: int, height: int, content_hash: str, image_notes) -> IndexItem:
         notes = tuple(dict.fromkeys(tuple(image_notes) + candidate.text.notes))
         self.notes.update(notes)
-        placement = assign_bucket(width, height, self.config.buckets)
+        placement = assign_bucket(width, height, candidate.buckets or self.config.buckets)
         return IndexItem(
             **base, content_hash=content_hash, width=width, height=height,
             bucket_width=placement.bucket_width, bucket_height=placement.bucket_height,
@@ -143,6 +147,15 @@ class _ItemBuilder:
             crop_left=placement.crop_left, crop_top=placement.crop_top,
             split=split_of(candidate.path, content_hash, self.config.split), status=OK, note="; ".join(notes) or None,
         )  # fmt: skip
+
+    def _size_verdict_changed(self, candidate: Candidate, previous: IndexItem) -> bool:
+        """A source's own buckets (e.g. an sd-scripts dataset config's resolution) set its too-small limit, and can
+        change while the run's checks do not: judge the image again when its old verdict may no longer hold."""
+        if candidate.buckets is None:
+            return False
+        if previous.status == SKIPPED:
+            return previous.skip_reason == "too_small"
+        return min(previous.width, previous.height) < (self.checks_for(candidate).min_side or 0)
 
     def _unchanged(self, previous: IndexItem | None, stat) -> bool:
         return (
@@ -201,6 +214,23 @@ def _register_subset(index: DatasetIndex, spec: Subset, subset_ids: dict[str, in
     if spec.name not in subset_ids:
         subset_ids[spec.name] = index.upsert_subset(spec.name, repeats=spec.repeats, is_reg=spec.is_reg,
                                                     caption_options=spec.caption_options)  # fmt: skip
+
+
+def require_train_items(stats: PrepareStats, index_path: Path) -> None:
+    """An index with nothing to train on is an error (exit 2), with the skip counts and the most common reason."""
+    if stats.train > 0:
+        return
+    skips = ", ".join(f"{reason} {n}" for reason, n in stats.skip_counts.items()) or "none"
+    common = ""
+    if stats.skip_counts:
+        reason, count = next(iter(stats.skip_counts.items()))
+        with DatasetIndex.open_existing(index_path) as index:
+            example = next((it for it in index.iter_items(split=None, status=SKIPPED) if it.skip_reason == reason), None)
+        note = " ".join((example.note or "").split()) if example is not None else ""
+        detail = f", e.g. {Path(example.path).name}: {note[:80]}" if note else ""
+        common = f"; most common: {reason} ({count} of {stats.skipped}{detail})"
+    raise TunelabError(f"{index_path}: 0 train items ({stats.validation} validation, {stats.skipped} skipped: {skips})"
+                       f"{common}; skip report: {report_paths(index_path)[1]}")
 
 
 def report_paths(index_path: Path) -> tuple[Path, Path]:

@@ -1,6 +1,6 @@
 """Where items come from: image folders with sidecars, sd-scripts `in_json` metadata, sd-scripts dataset TOML.
 
-Each source yields `Candidate`s (an image path, its text, its subset) in a deterministic order; `prepare` checks the
+Each source yields `Candidate`s (an image path, its text, its subset, its source's buckets) in a deterministic order; `prepare` checks the
 images and writes the index. Text problems that make an item unusable (a caption that is not UTF-8) are carried as
 a `skip_reason`, never raised."""
 
@@ -13,21 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tunelab.config import read_toml
-from tunelab.data.config import IMAGE_EXTENSIONS, FolderSource, KohyaDatasetConfigSource, KohyaMetadataSource, Source
+from tunelab.data.config import IMAGE_EXTENSIONS, BucketConfig, FolderSource, KohyaMetadataSource, Source
 from tunelab.data.index import Subset
+from tunelab.data.kohya_dataset_config import expand_kohya_dataset_config
 from tunelab.errors import fail
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _PLAIN_KEY = re.compile(r'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:')  # "key" followed by its colon
 _SEPARATOR = re.compile(r"[ \t\n\r]*([,}])")
-# sd-scripts subset keys that describe where images are; every other key is a caption option for data/captions.py.
-_KOHYA_LAYOUT_KEYS = {
-    "image_dir", "num_repeats", "is_reg", "metadata_file", "caption_extension", "recursive", "resolution",
-    "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale",
-    "subsets",
-}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +39,7 @@ class Candidate:
     subset: Subset
     text: ItemText
     skip_reason: str | None = None  # the image itself is missing (metadata names a file that is not there)
+    buckets: BucketConfig | None = None  # its source's own buckets; None: the run's [data.buckets]
 
 
 def iter_candidates(sources: list[Source]) -> Iterator[Candidate]:
@@ -140,7 +135,7 @@ def iter_folder(source: FolderSource) -> Iterator[Candidate]:
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() in extensions:
                 image = folder_path / name
-                yield Candidate(image, subset, read_sidecars(image, names, source))
+                yield Candidate(image, subset, read_sidecars(image, names, source), buckets=source.buckets)
 
 
 def _child_subset(parent: Subset, folder: Path, source: FolderSource) -> Subset:
@@ -259,26 +254,43 @@ def iter_json_object(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[s
 
 
 def _find_image(key: str, image_dir: Path, extensions: tuple[str, ...]) -> Path | None:
-    """sd-scripts keys are a path to the image, or its stem inside the image folder."""
+    """As sd-scripts resolves a metadata key: the path as written (absolute, or inside the image folder), else the
+    image folder + key + each image extension (stem keys; sd-scripts also tries the upper-case extensions)."""
     direct = Path(key) if os.path.isabs(key) else image_dir / key
-    if direct.suffix.lower() in extensions and direct.is_file():
+    if direct.is_file():
         return direct
-    for extension in extensions:
+    for extension in (*extensions, *(e.upper() for e in extensions)):
         candidate = image_dir / (key + extension)
         if candidate.is_file():
             return candidate
     return None
 
 
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
+    """sd-scripts' JSONL metadata: one {"image_path", "caption", "tags", ...} object per line."""
+    with open(path, encoding="utf-8-sig") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError as e:
+                raise fail(path, f"line {number}: invalid JSON ({e.msg})") from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("image_path"), str):
+                raise fail(path, f"line {number}: not an object with an image_path")
+            yield entry["image_path"], entry
+
+
 def iter_kohya_metadata(source: KohyaMetadataSource) -> Iterator[Candidate]:
-    """Entries of an `in_json` file, streamed. `caption` and `tags` are kept apart (the caption policy joins them);
-    `train_resolution` is not used: buckets are computed from the image's real size."""
+    """Entries of an `in_json` file (or sd-scripts' `.jsonl`), streamed. `caption` and `tags` are kept apart (the
+    caption policy joins them); `train_resolution` / `image_size` are not used: buckets come from the real size."""
     path = Path(source.path)
     if not path.is_file():
         raise fail(path, "metadata file not found")
     image_dir = Path(source.image_dir) if source.image_dir else path.parent
     subset = Subset(str(path), source.repeats, source.is_reg, source.caption_options or None)
-    for key, entry in iter_json_object(path):
+    entries = _iter_jsonl(path) if path.suffix.lower() == ".jsonl" else iter_json_object(path)
+    for key, entry in entries:
         if not isinstance(entry, dict):
             raise fail(path, f"entry {key!r} is not an object")
         tags, caption = _as_tag_string(entry.get("tags")), entry.get("caption")
@@ -286,45 +298,6 @@ def iter_kohya_metadata(source: KohyaMetadataSource) -> Iterator[Candidate]:
         text = ItemText(tags, None if caption is None else str(caption).strip(), None, None, notes)
         image = _find_image(key, image_dir, IMAGE_EXTENSIONS)
         if image is None:
-            yield Candidate(image_dir / key, subset, text, skip_reason="image_not_found")
+            yield Candidate(image_dir / key, subset, text, skip_reason="image_not_found", buckets=source.buckets)
         else:
-            yield Candidate(image, subset, text)
-
-
-# --- sd-scripts dataset config TOML ----------------------------------------------------------------------------
-
-
-def expand_kohya_dataset_config(source: KohyaDatasetConfigSource) -> list[FolderSource | KohyaMetadataSource]:
-    """One source per `[[datasets.subsets]]`; options merge general < dataset < subset. Paths are relative to
-    the TOML's folder. `.txt` files are always read as tags; any other `caption_extension` is the caption."""
-    path = Path(source.path)
-    config = read_toml(path)
-    general = {k: v for k, v in config.get("general", {}).items()}
-    datasets = config.get("datasets")
-    if not isinstance(datasets, list) or not datasets:
-        raise fail(path, "no [[datasets]] in dataset config")
-    expanded: list[FolderSource | KohyaMetadataSource] = []
-    for d, dataset in enumerate(datasets):
-        subsets = dataset.get("subsets")
-        if not isinstance(subsets, list) or not subsets:
-            raise fail(path, f"datasets.{d}: no [[datasets.subsets]]")
-        for s, subset in enumerate(subsets):
-            merged = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}, **subset}
-            where = f"datasets.{d}.subsets.{s}"
-            if "image_dir" not in merged and "metadata_file" not in merged:
-                raise fail(path, f"{where}: needs image_dir or metadata_file")
-            image_dir = (path.parent / merged["image_dir"]).resolve() if "image_dir" in merged else None
-            options = {k: v for k, v in merged.items() if k not in _KOHYA_LAYOUT_KEYS}
-            common = dict(repeats=int(merged.get("num_repeats", 1)), is_reg=bool(merged.get("is_reg", False)), caption_options=options)
-            if "metadata_file" in merged:
-                metadata = (path.parent / merged["metadata_file"]).resolve()
-                expanded.append(KohyaMetadataSource(type="kohya_metadata", path=metadata, image_dir=image_dir, **common))
-            else:
-                extension = "." + str(merged.get("caption_extension", ".caption")).lstrip(".")
-                expanded.append(
-                    FolderSource(
-                        type="folder", path=image_dir, recursive=bool(merged.get("recursive", False)), repeat_folders=False,
-                        tags_extension=".txt", caption_extension=extension if extension != ".txt" else ".caption", **common,
-                    )
-                )  # fmt: skip
-    return expanded
+            yield Candidate(image, subset, text, buckets=source.buckets)
