@@ -67,9 +67,11 @@ def check_finite(parts: dict[str, torch.nn.Module]) -> None:
 
 def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_components: ModelComponents,
                     trained_parts: dict[str, torch.nn.Module], optimizer, lr_scheduler, ema=None, ema_parameters=None,
-                    model_format: str = "diffusers", model_dtype: str | None = None, save_state: bool = True) -> Path:
+                    model_format: str = "diffusers", model_dtype: str | None = None, save_state: bool = True,
+                    frozen: dict[str, Path] | None = None) -> Path:
     """Collective: every process calls it (each writes its RNG state); the main process writes the rest.
-    With EMA, the model is written with the EMA weights and the training state keeps the raw ones."""
+    With EMA, the model is written with the EMA weights and the training state keeps the raw ones. `frozen`: parts
+    kept out of memory (part name → their weights file), streamed into the model (`models.stream_save`)."""
     target = checkpoint_dir(output_dir, progress.step)
     tmp = target.with_name(f".{target.name}.tmp")
     check_finite(trained_parts)
@@ -81,7 +83,7 @@ def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_
             ema.store(ema_parameters)
             ema.copy_to(ema_parameters)
         try:
-            save_model(model_components, model_path, format=model_format, dtype=model_dtype)
+            save_model(model_components, model_path, format=model_format, dtype=model_dtype, frozen=frozen)
         finally:
             if ema is not None:
                 ema.restore(ema_parameters)

@@ -59,6 +59,10 @@ class TrainConfig(StrictModel):
     max_grad_norm: float = Field(1.0, ge=0.0)  # 0 = no clipping (the norm is still measured for logs and the guard)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
+    # torch.compile the UNet (and text encoders that train): the first step compiles (minutes on a full-size UNet),
+    # later steps may be faster on GPUs; compile time is logged and written to run.json. On CPU it rarely pays.
+    compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # as sd-scripts' --dynamo_backend; aot_eager: no codegen
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = no EMA; e.g. 0.999
     nonfinite: Literal["stop", "skip"] = "stop"  # what a NaN/inf loss or gradient does
     empty_caption_as_zeros: bool = True  # "" captions (dropped) → the zero embedding, as SDXL samples them
@@ -123,6 +127,9 @@ class LossConfig(StrictModel):
 
 class OptimizerConfig(StrictModel):
     type: Literal["adamw", "adamw8bit", "adafactor", "lion"] = "adamw"
+    # AdamW's kernel: auto = fused where the device has one (CPU, CUDA), else foreach; "loop" = torch's per-tensor
+    # Python loop (its CPU default)
+    implementation: Literal["auto", "fused", "foreach", "loop"] = "auto"
     weight_decay: float = Field(0.01, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)

@@ -44,6 +44,7 @@ class TrainingRun:
     validation: object | None = None  # tunelab.validate.validator.Validator (main process only)
     offloaded: OffloadedModules | None = None  # frozen text encoders kept out of memory (cached embeddings)
     status: object | None = None  # train.run_status.RunStatus: status.json for `tunelab watch` (main process)
+    compile_clock: object | None = None  # train.compile.CompileClock when train.compile is on
 
 
 def train(run: TrainingRun) -> Progress:
@@ -79,9 +80,11 @@ def train(run: TrainingRun) -> Progress:
 
         # gradient norm (clipped when max_grad_norm > 0), NaN/inf guard, update
         parameters = [p for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = clip_gradients(accelerator, parameters, cfg.train.max_grad_norm)
+        grad_norm = clip_gradients(accelerator, parameters, cfg.train.max_grad_norm) \
+            if gradient_norm_needed(cfg, progress.step + 1) else None  # else one pass over the gradients saved
         loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()  # mean over the global batch
-        finite = torch.isfinite(torch.tensor([loss, grad_norm])).all().item() or inf_gradient_left_to_scaler(accelerator, loss)
+        finite = torch.isfinite(torch.tensor([loss, 0.0 if grad_norm is None else grad_norm])).all().item() \
+            or inf_gradient_left_to_scaler(accelerator, loss)
         if finite:
             run.optimizer.step()
             if run.ema is not None:
@@ -99,6 +102,8 @@ def train(run: TrainingRun) -> Progress:
             run.status.step(progress.step, images_per_step)
         if not finite:
             run.logger.scalar("nonfinite_skipped_step", 1.0, progress.step)
+        if run.compile_clock is not None:
+            run.compile_clock.report(progress.step, run.logger, verbose=accelerator.is_main_process)
         bar.update(1)
         bar.set_postfix(loss=f"{run.logger.smoothed:.4f}", epoch=position.epoch, refresh=False)
 
@@ -112,6 +117,8 @@ def train(run: TrainingRun) -> Progress:
             run.validation.run(run.components, progress.step, run.logger)
     bar.close()
     run.logger.close()
+    if run.compile_clock is not None:
+        run.compile_clock.close()
     return progress
 
 
@@ -146,6 +153,14 @@ def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: 
     return value
 
 
+def gradient_norm_needed(cfg: RunConfig, step: int) -> bool:
+    """The norm costs a pass over every gradient. Without clipping it is measured only when logged, or when
+    train.nonfinite = "skip" needs it to keep a NaN gradient out of the weights; with "stop", a NaN gradient on an
+    unmeasured step shows as a NaN loss on the next step (and non-finite weights are never checkpointed)."""
+    return (cfg.train.max_grad_norm > 0 or cfg.train.nonfinite == "skip" or step % cfg.logging.log_every_n_steps == 0
+            or cfg.train.mixed_precision == "fp16")  # fp16: unscaling happens in clip_gradients
+
+
 def inf_gradient_left_to_scaler(accelerator, loss: float) -> bool:
     """fp16: an inf gradient is the loss scaler's business (it skips the step and lowers the scale)."""
     return getattr(accelerator, "scaler", None) is not None and bool(torch.isfinite(torch.tensor(loss)))
@@ -160,11 +175,12 @@ def checkpoint_due(cfg: RunConfig, step: int, total_steps: int, epoch_ended: boo
 def save(run: TrainingRun) -> None:
     """Model (with EMA weights when EMA is on) + training state."""
     cfg = run.config
-    with run.offloaded.restored() if run.offloaded is not None else contextlib.nullcontext():
-        save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=run.components,
-                        trained_parts=run.plan.trained_modules(), optimizer=run.optimizer,
-                        lr_scheduler=run.lr_scheduler, ema=run.ema, ema_parameters=run.plan.parts["unet"].parameters(),
-                        model_format=cfg.checkpoint.format, model_dtype=cfg.checkpoint.dtype,
-                        save_state=cfg.checkpoint.save_state)
+    # offloaded frozen parts are streamed from their files into the checkpoint, never loaded back (peak memory)
+    frozen = run.offloaded.sources(run.components.named_parts()) if run.offloaded is not None else None
+    save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=run.components,
+                    trained_parts=run.plan.trained_modules(), optimizer=run.optimizer,
+                    lr_scheduler=run.lr_scheduler, ema=run.ema, ema_parameters=run.plan.parts["unet"].parameters(),
+                    model_format=cfg.checkpoint.format, model_dtype=cfg.checkpoint.dtype,
+                    save_state=cfg.checkpoint.save_state, frozen=frozen)
     if run.accelerator.is_main_process:
         prune_checkpoints(cfg.train.output_dir, cfg.checkpoint.keep_last)

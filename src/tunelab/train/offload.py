@@ -1,17 +1,16 @@
 """Frozen modules kept out of memory: weights written once to a safetensors file, the module left on the `meta`
-device (structure, no storage), and brought back only while a checkpoint is written.
+device (structure, no storage). Checkpoints stream them from that file (`models.stream_save`); they are loaded
+back only at the end of the run, for callers that use the components afterwards.
 
 With cached text embeddings and frozen text encoders, training never runs the encoders: on real SDXL this frees
 ~1.6 GB of accelerator memory (and the same in RAM on a CPU)."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -44,14 +43,11 @@ class OffloadedModules:
             module.to("meta")
         give_freed_memory_back()
 
-    @contextlib.contextmanager
-    def restored(self) -> Iterator[None]:
-        """The modules with their weights, for the duration of the block (e.g. writing a checkpoint)."""
-        self.load_back()
-        try:
-            yield
-        finally:
-            self.offload()
+    def sources(self, parts: dict[str, torch.nn.Module]) -> dict[str, Path]:
+        """Of `parts` (name → module), those held here: name → the file with their weights (state-dict keys, and
+        every buffer as `buffer:<name>`)."""
+        files = {id(module): self.folder / f"{name}.safetensors" for name, module in self.modules.items()}
+        return {name: files[id(module)] for name, module in parts.items() if id(module) in files}
 
     def finish(self) -> None:
         """End of the run: the modules get their weights back for good, the files go."""

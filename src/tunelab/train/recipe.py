@@ -21,6 +21,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.components import ModelComponents
 from tunelab.train.batches import BatchSource
 from tunelab.train.checkpoint import Progress, find_checkpoint, load_checkpoint
+from tunelab.train.compile import CompileClock, compile_for_training
 from tunelab.train.config import RunConfig
 from tunelab.train.logs import TrainLogger
 from tunelab.train.loop import TrainingRun, train
@@ -104,6 +105,11 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
     text_encoders = [accelerator.prepare(p.module) if p.trainable else p.module
                      for n, p in plan.parts.items() if n.startswith("text_encoder")]
     optimizer = accelerator.prepare(optimizer)
+    compile_clock = None
+    if config.train.compile:  # the training wrappers only; components keep the plain modules (train/compile.py)
+        compile_clock = CompileClock(Path(config.train.output_dir) / "run.json" if accelerator.is_main_process else None)
+        unet, text_encoders = compile_for_training(unet, text_encoders, [p.trainable for n, p in plan.parts.items()
+                                                   if n.startswith("text_encoder")], config.train.compile_backend)
     ema = None
     if config.train.ema_decay:
         from diffusers.training_utils import EMAModel
@@ -123,7 +129,8 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
         if config.logging.sample_every_n_steps and config.logging.sample_prompts else None
     return TrainingRun(config, accelerator, components, plan, unet, text_encoders, optimizer, lr_scheduler,
                        training_scheduler(components.scheduler, config.loss), batches, steps, progress, logger,
-                       ema=ema, samples=samples, validation=validation, offloaded=offloaded)
+                       ema=ema, samples=samples, validation=validation, offloaded=offloaded,
+                       compile_clock=compile_clock)
 
 
 def make_validator(config: RunConfig, components: ModelComponents, accelerator, *, resuming: bool):
