@@ -35,8 +35,9 @@ class WatchApp:
         self.folders = [Path(os.path.abspath(folder)) for folder in folders]
         self.cache = FileCache()
         self.trend_window, self.refresh_s = trend_window, refresh_s
-        self.routes = Map([Rule("/", endpoint="page", methods=["GET", "HEAD"]),
-                           Rule("/files/<int:index>/<path:path>", endpoint="file", methods=["GET", "HEAD"])])
+        self.routes = Map([Rule("/", endpoint="page", methods=["GET", "HEAD"]),  # no slash merging: no redirects
+                           Rule("/files/<int:index>/<path:path>", endpoint="file", methods=["GET", "HEAD"])],
+                          merge_slashes=False)
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 

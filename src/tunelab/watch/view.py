@@ -134,7 +134,8 @@ class FolderView:
         if not steps:
             return None
         latest = steps[-1]
-        images = sorted(latest.glob("*.png"))[:SAMPLES_SHOWN]
+        inside = self.root.resolve()
+        images = [p for p in sorted(latest.glob("*.png")) if p.resolve().is_relative_to(inside)][:SAMPLES_SHOWN]
         return {"step": latest.name, "count": len(steps), "images": [{"src": self.url(p), "name": p.name}
                                                                      for p in images]}
 
