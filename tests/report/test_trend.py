@@ -114,3 +114,38 @@ def test_run_trend_fits_training_loss_and_each_validation_band():
     assert [f.tag for f in (mean, band0, band1)] == ["val/held/mean", "val/held/band_0", "val/held/band_1"]
     assert mean.verdict == "improving" and mean.r_squared == pytest.approx(1.0)
     assert band1.verdict == "no longer improving" and band1.r_squared == 0.0
+
+
+def test_report_shows_each_runs_trend_over_the_window_the_user_sets(tmp_path):
+    """`tunelab report --trend-window 40`: a row per curve (training loss, the validation set's mean and bands) with
+    the fit of the TensorBoard values the trainer's logger wrote, over the latest 40 steps."""
+    from html import unescape
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.report.training_curves import read_run_curves
+    from tunelab.train.config import LoggingConfig
+    from tunelab.train.logs import TrainLogger
+
+    logger = TrainLogger(tmp_path / "run-a" / "tensorboard", LoggingConfig(histogram_every_n_steps=0), enabled=True)
+    for step, loss in synthetic(-0.03, steps=80, seed=2):
+        logger.step(step, loss=loss, grad_norm=1.0, lrs={"unet": 1e-4}, images=4, timesteps=torch.tensor([1]))
+        if step % 10 == 0:
+            logger.scalar("val/held/mean", 0.2 - 0.01 * math.log(step), step)
+            for band in range(2):
+                logger.scalar(f"val/held/band_{band}", 0.1 * (band + 1) + 0.001 * (step % 20), step)
+    logger.close()
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--trend-window", "40"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report.html").read_text()
+    scalars = read_run_curves(tmp_path / "run-a").scalars
+    expected = [fit_log_step(tag, scalars[tag], 40)
+                for tag in ("loss/raw", "val/held/mean", "val/held/band_0", "val/held/band_1")]
+    assert expected[0].first_step == 41 and expected[1].points == 4
+    rows = re.findall(r'<tr class="trend-row" data-verdict="([^"]*)"><th>([^<]*)</th><td[^>]*>[^<]*</td>'
+                      r'<td class="words">([^<]*)</td>', html)
+    assert [(v, unescape(c), unescape(w)) for v, c, w in rows] == [
+        (fit.verdict, "training loss" if fit.tag == "loss/raw" else fit.tag, fit.words()) for fit in expected]
+    assert rows[0][0] == "improving" and rows[1][0] == "improving"
+    assert "over the latest 40 steps" in html and 'alt="run-a: loss trend on a log-step axis"' in html
