@@ -352,6 +352,22 @@ def watch(
     serve(run_dirs, host=host, port=port, trend_window=trend_window, refresh_s=refresh, log=typer.echo)
 
 
+import_app = typer.Typer(help="Turn another trainer's settings into a tunelab run config.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("sd-scripts", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def import_sd_scripts_command(
+    command: list[str] = typer.Argument(..., help="The sdxl_train.py command line (one quoted string, or after --), a file holding it, or its --config_file TOML."),
+    out: Path = typer.Option(Path("run.toml"), "--out", help="Run config TOML to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Write a tunelab run config from an sd-scripts training command line; list every flag not mapped, and why."""
+    from tunelab.migrate.sd_scripts_import import import_sd_scripts
+
+    typer.echo("\n".join(import_sd_scripts(command, out, overwrite=overwrite).lines()))
+
+
 toy_app = typer.Typer(help="The built-in toy world: tagged 32×32 images and a tiny SDXL base model.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tunelab.config import StrictModel, describe_validation_error, read_toml
 from tunelab.data.cache_config import CacheConfig
@@ -31,6 +31,12 @@ class BucketConfig(StrictModel):
     max_side: int = Field(2048, ge=1)
     max_aspect: float = Field(4.0, ge=1.0)
     upscale: bool = True
+
+    @field_validator("resolution")
+    @classmethod
+    def _square_as_side(cls, value):
+        """[1024, 1024] is 1024: code that needs only the area keeps reading one number for square targets."""
+        return value[0] if isinstance(value, tuple) and value[0] == value[1] else value
 
     @model_validator(mode="after")
     def _sides_fit(self):

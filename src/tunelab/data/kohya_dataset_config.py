@@ -124,6 +124,7 @@ class _Problems:
         self.path = path
 
     def __call__(self, where: str, problem: str):
+        where = where.lstrip(".")  # "" + ".resolution": a key of no table (the command line's flags)
         return fail(self.path, f"{where}: {problem}" if where else problem)
 
 
@@ -211,6 +212,11 @@ def _parse_resolution(value, where: str, problem: _Problems) -> tuple[int, int]:
     if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return value[0], value[1]
     raise problem(f"{where}.resolution", f"expected SIZE or [WIDTH, HEIGHT], got {value!r}")
+
+
+def sd_scripts_buckets(settings: dict, source: str) -> BucketConfig:
+    """The buckets sd-scripts builds from these settings alone (its training command line's flags)."""
+    return _buckets([settings], "", _Problems(Path(source)))
 
 
 def _buckets(chain: list[dict], where: str, problem: _Problems) -> BucketConfig:
