@@ -5,6 +5,7 @@ findings with their verdicts; a file being rewritten between two loads shows its
 from __future__ import annotations
 
 import re
+import time
 
 from werkzeug.test import Client
 
@@ -55,3 +56,27 @@ def test_a_sweep_folder_shows_its_variants_their_states_and_results(tmp_path):
     html = client.get("/").get_data(as_text=True)
     assert "not valid JSON" not in html
     assert re.search(r"<th>lr-low</th>\s*<td[^>]*>0\.2200 <span class=\"change\">\+10\.0%</span>", html)
+
+
+def test_the_cache_computes_once_for_many_loads_and_again_when_a_file_changes(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tunelab.watch.view import FileCache
+
+    events = tmp_path / "events"
+    events.write_bytes(b"1")
+    cache, calls = FileCache(), []
+
+    def compute():
+        calls.append(events.read_bytes())
+        time.sleep(0.2)  # a slow read: page loads at the same time wait for it instead of repeating it
+        return len(calls)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert set(pool.map(lambda _: cache.get(("curves",), [events], compute), range(20))) == {1}
+    events.write_bytes(b"12")
+    assert cache.get(("curves",), [events], compute) == 1  # changed, but read 0.2 s ago: at most every 1.2 s
+    time.sleep(0.2 * (1 + FileCache.STALE_FACTOR))
+    assert cache.get(("curves",), [events], compute) == 2 and calls == [b"1", b"12"]
+    events.unlink()
+    assert cache.get(("curves",), [events], compute) == 2  # gone: recomputed only after the same wait

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -27,11 +28,15 @@ SAMPLES_SHOWN = 16  # images of the latest sampling step
 
 
 class FileCache:
-    """Values computed from files, recomputed when any of those files changes (size or mtime) or appears/vanishes.
+    """Values computed from files, recomputed when any of those files changes (size or mtime) or appears/vanishes,
+    but not more often than `STALE_FACTOR` times the last computation took: a multi-day run's event file grows every
+    few seconds and takes seconds to read, and the page must not spend all its time re-reading it.
     One computation at a time: plotting is not thread-safe, and 50 page loads at once must not plot 50 times."""
 
+    STALE_FACTOR = 5
+
     def __init__(self, limit: int = 256):
-        self.entries: dict[tuple, tuple[tuple, object]] = {}
+        self.entries: dict[tuple, tuple[tuple, object, float]] = {}  # key → (signature, value, recompute after)
         self.lock = threading.Lock()
         self.limit = limit
 
@@ -50,12 +55,14 @@ class FileCache:
         with self.lock:
             signature = self.signature(paths)
             cached = self.entries.get(key)
-            if cached is not None and cached[0] == signature:
+            if cached is not None and (cached[0] == signature or time.monotonic() < cached[2]):
                 return cached[1]
+            start = time.monotonic()
             value = compute()
+            took = time.monotonic() - start
             if len(self.entries) >= self.limit:
                 self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = (signature, value)
+            self.entries[key] = (signature, value, start + took * (1 + self.STALE_FACTOR))
             return value
 
 
