@@ -156,14 +156,16 @@ def prepare(
     verify: bool = typer.Option(False, "--verify", help="Only check the caches' shards (size, digest, names); exit 1 if bad."),
 ) -> None:
     """Index the dataset (SQLite): check every image once, bucket it, split it; bad files are skipped with reasons."""
+    from tunelab import disk_full
     from tunelab.data.config import load_data_config
     from tunelab.data.prepare import prepare_dataset, report_paths, require_train_items
 
     data_config = load_data_config(config)
     if verify:
-        _verify_caches(data_config.cache, repair=False)
+        _verify_caches(data_config, repair=False)
         return
-    stats = prepare_dataset(data_config, progress=not quiet)
+    with disk_full.index_writes(data_config.index):
+        stats = prepare_dataset(data_config, progress=not quiet, config_file=config)
     typer.echo(stats.summary())
     typer.echo(f"index: {data_config.index}")
     typer.echo(f"skip report: {report_paths(data_config.index)[1]}")
@@ -171,7 +173,8 @@ def prepare(
     if data_config.cache.latents or data_config.cache.text_embeddings:  # [data.cache] asks for caches: build them
         from tunelab.data.cache_runner import build_caches
 
-        typer.echo("\n".join(build_caches(config, progress=not quiet)))
+        with disk_full.cache_writes(data_config.cache.dir):
+            typer.echo("\n".join(build_caches(config, progress=not quiet)))
 
 
 @app.command()
@@ -192,10 +195,10 @@ def captions(
     typer.echo("\n".join(preview_lines(data_config, preview, seed=seed, epoch=epoch, split=split, text_encoder_mode=mode)))
 
 
-def _verify_caches(cache_config, *, repair: bool) -> None:
-    from tunelab.data.cache_runner import verify_lines
+def _verify_caches(data_config, *, repair: bool) -> None:
+    from tunelab.data.cache_check import verify_lines
 
-    lines, sound = verify_lines(cache_config, repair=repair)
+    lines, sound = verify_lines(data_config, repair=repair)
     typer.echo("\n".join(lines))
     if not sound:
         raise typer.Exit(1)
@@ -209,13 +212,16 @@ def cache(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Build (or resume) the latent and text-embedding caches [data.cache] asks for."""
+    from tunelab import disk_full
     from tunelab.data.cache_runner import build_caches
     from tunelab.data.config import load_data_config
 
+    data_config = load_data_config(config)
     if verify or repair:
-        _verify_caches(load_data_config(config).cache, repair=repair)
+        _verify_caches(data_config, repair=repair)
         return
-    typer.echo("\n".join(build_caches(config, progress=not quiet)))
+    with disk_full.cache_writes(data_config.cache.dir):
+        typer.echo("\n".join(build_caches(config, progress=not quiet)))
 
 
 @app.command()
@@ -242,12 +248,13 @@ def train(
 ) -> None:
     """Fine-tune a model: text encoders off / on / only, all or part of the UNet, exact resume, accelerate launch.
     A folder that already holds a run is refused unless --resume continues it or --overwrite replaces it."""
-    from tunelab.train.config import load_run_config
+    from tunelab.train.config import load_run_config, require_model_path
     from tunelab.train.recipe import dry_run as trainable_report
     from tunelab.train.recipe import run_training
     from tunelab.train.run_folder import check_run_folder
 
     run_config = load_run_config(config)
+    require_model_path(run_config, config)
     if dry_run:
         typer.echo(trainable_report(run_config))
         return
@@ -459,8 +466,11 @@ def toy_score(
 def main() -> None:
     from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors its own click
 
+    from tunelab import disk_full, signals
+
     try:
-        code = app(standalone_mode=False)  # usage errors come back here instead of printing usage + hint + error
+        with signals.graceful_stop():  # SIGINT / SIGTERM: train checkpoints and stops; other stages keep their work
+            code = app(standalone_mode=False)  # usage errors come back here instead of printing usage + hint + error
     except NoArgsIsHelpError as e:  # `tunelab` or `tunelab toy` alone: the help, as before
         e.show()
         sys.exit(e.exit_code)
@@ -471,9 +481,17 @@ def main() -> None:
     except TunelabError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except signals.Interrupted as e:  # exit 130 (SIGINT) / 143 (SIGTERM)
+        typer.echo(str(e), err=True)
+        sys.exit(e.code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # a full disk that no stage named more precisely: still one line
+        if (error := disk_full.as_error(e)) is None:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

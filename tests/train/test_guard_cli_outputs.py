@@ -58,8 +58,9 @@ def test_run_writes_config_versions_seed_tensorboard_and_checkpoint(train_tiny):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
     final = out / "checkpoints/step-000005"
     assert json.loads((out / "checkpoints/step-000004/state/progress.json").read_text()) == \
-        {"step": 4, "epoch": 1, "batch": 0}
-    assert json.loads((final / "state/progress.json").read_text()) == {"step": 5, "epoch": 1, "batch": 1}
+        {"step": 4, "epoch": 1, "batch": 0, "nonfinite_skipped": 0}
+    assert json.loads((final / "state/progress.json").read_text()) == {"step": 5, "epoch": 1, "batch": 1,
+                                                                           "nonfinite_skipped": 0}
     # the final checkpoint holds the weights the run ended with: the model folder loads back to them tensor for
     # tensor, and the training state's copy of each trained part is the same
     from safetensors.torch import load_file

@@ -21,9 +21,7 @@ from tunelab.data.cache import (
     build_latent_cache,
     build_text_cache,
     text_cache_refusal_reason,
-    verify_caches,
 )
-from tunelab.data.cache_config import CacheConfig
 from tunelab.data.captions import SubsetPolicies
 from tunelab.data.index import DatasetIndex
 from tunelab.data.shards import WorkShare
@@ -55,9 +53,10 @@ def build_caches(config_path: str | Path, *, progress: bool = True,
     """Build (or resume) this process's share of the latent and text caches; returns summary lines (of every
     process's counts added up; on the main process only). `on_shard(name)` after each shard this process writes."""
     from tunelab.models.io import load_model
-    from tunelab.train.config import load_run_config
+    from tunelab.train.config import load_run_config, require_model_path
 
     config = load_run_config(config_path)
+    require_model_path(config, config_path)
     data = config.data
     if data is None:
         raise fail(config_path, "no [data] table")
@@ -85,18 +84,3 @@ def build_caches(config_path: str | Path, *, progress: bool = True,
                                      settings=settings, progress=progress, on_shard=on_shard, share=share)  # fmt: skip
             lines.append(summed(stats, share).summary("text embeddings"))
     return lines if share.is_main else []
-
-
-def verify_lines(cache_config: CacheConfig, *, repair: bool = False) -> tuple[list[str], bool]:
-    """(report lines, sound?) for the caches under `cache_config.dir`."""
-    report = verify_caches(cache_config, repair=repair)
-    if not report:
-        return [f"no caches under {cache_config.dir}"], True
-    lines, sound = [], True
-    for kind, problems in report.items():
-        lines.append(f"{kind}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
-        lines += [f"  {p}" for p in problems]
-        sound &= not problems
-    if repair and not sound:
-        lines.append("repaired: bad shards dropped; run `tunelab cache CONFIG` to recompute their items")
-    return lines, sound

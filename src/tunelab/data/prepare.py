@@ -25,6 +25,7 @@ from tunelab.data.config import DataConfig, FolderSource, ImageChecks, SplitConf
 from tunelab.data.images import ImageFacts, ImageSkip, inspect_image
 from tunelab.data.index import OK, SKIPPED, TRAIN, VALIDATION, DatasetIndex, IndexItem, Subset
 from tunelab.data.sources import Candidate, iter_candidates
+from tunelab.errors import fail
 from tunelab.errors import TunelabError
 
 # Reasons decided by the image file itself (kept on an unchanged file without reading it again).
@@ -175,8 +176,18 @@ def _with_validation_folder(config: DataConfig) -> list:
     return [*config.sources, FolderSource(type="folder", path=folder)]
 
 
-def prepare_dataset(config: DataConfig, *, progress: bool = True) -> PrepareStats:
+def check_source_folders(config: DataConfig, config_file: Path | None = None) -> None:
+    """Every folder source exists, checked before the index is created (a first prepare that failed on a missing
+    folder left an empty index behind); the error names the config file and key."""
+    for i, source in enumerate(_with_validation_folder(config)):
+        if isinstance(source, FolderSource) and not Path(source.path).is_dir():
+            key = f"[data] sources[{i}].path" if i < len(config.sources) else "[data.split] validation_folder"
+            raise fail(config_file or source.path, f"{key}: image folder {source.path} not found")
+
+
+def prepare_dataset(config: DataConfig, *, progress: bool = True, config_file: Path | None = None) -> PrepareStats:
     """Build or update the index at `config.index` (paths in `config` must be absolute: `DataConfig.resolved`)."""
+    check_source_folders(config, config_file)
     started = time.perf_counter()
     stats = PrepareStats()
     workers = config.workers or os.cpu_count() or 1

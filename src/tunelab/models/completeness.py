@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.errors import fail
+from tunelab.errors import TunelabError, fail
 from tunelab.models.components import ModelComponents
 from tunelab.models.detect import read_safetensors_header, weight_files
 
@@ -107,6 +107,16 @@ def check_folder_complete(folder: Path, components: ModelComponents, allow_pickl
             raise fail(folder / part, f"missing weight {report.missing[0]} ({report.describe()}; is the folder "
                                       "complete?)")
     check_nothing_on_meta(components, folder)
+
+
+def no_safetensors_error(part_folder: Path) -> TunelabError:
+    """A part folder without .safetensors weights: pickled weights (refused unless allowed), or none at all."""
+    from tunelab.models.io import PICKLE_REFUSED
+
+    if any(part_folder.glob("*.bin")) or any(part_folder.glob("*.pt")):
+        return fail(part_folder, PICKLE_REFUSED.replace("is a pickle file", "stores its weights as pickle (.bin)"))
+    return fail(part_folder, "missing weights: no *.safetensors file (is the folder complete? a copy or download "
+                             "may have stopped part way)")
 
 
 def folder_configs(folder: Path, parts) -> dict[str, dict]:

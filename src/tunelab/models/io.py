@@ -19,7 +19,7 @@ import torch
 
 from tunelab import atomic
 from tunelab.errors import TunelabError, fail
-from tunelab.models.completeness import check_folder_complete
+from tunelab.models.completeness import check_folder_complete, no_safetensors_error
 from tunelab.models.components import ModelComponents
 from tunelab.models.config_folders import MODEL_PARTS
 from tunelab.models.detect import architecture_from_model_index, detect_format, safetensors_weight_files
@@ -104,7 +104,7 @@ def load_diffusers_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: boo
         files, variant = safetensors_weight_files(folder / part)
         if not files and not allow_pickle:
             # with allow_pickle, diffusers / transformers read .bin weights with torch.load(weights_only=True)
-            raise fail(folder / part, PICKLE_REFUSED.replace("is a pickle file", "stores its weights as pickle (.bin)"))
+            raise no_safetensors_error(folder / part)
         variants.add(variant)
     kwargs: dict = dict(torch_dtype=dtype, local_files_only=True)
     if len(variants) == 1 and None not in variants:  # e.g. a folder holding only *.fp16.safetensors

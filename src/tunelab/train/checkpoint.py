@@ -3,7 +3,10 @@ training state — trained weights at full precision, optimizer, LR scheduler, E
 step and data position — so `--resume` continues exactly where the run was.
 
 A checkpoint folder is built under a temporary name and renamed when complete: a killed process leaves either a
-whole checkpoint or none. Non-finite weights are never written."""
+whole checkpoint or none. Deleting one (pruning, or replacing a checkpoint of the same step) renames it out of the
+way first, so a kill during the delete never leaves part of a checkpoint under a step name; what such kills leave
+behind (`.step-N.tmp`, `.step-N.deleting`) is removed when the next run starts. Non-finite weights are never
+written."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class Progress:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # data position: next micro-batch is batch `batch` of epoch `epoch`
     batch: int = 0
+    nonfinite_skipped: int = 0  # optimizer steps skipped so far for a non-finite loss or gradient (train.nonfinite)
 
     @property
     def position(self) -> DataPosition:
@@ -101,10 +105,23 @@ def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if target.exists():
-            shutil.rmtree(target)
+            delete_checkpoint(target)
         tmp.rename(target)
     accelerator.wait_for_everyone()
     return target
+
+
+def writing_checkpoint(output_dir: Path, step: int):
+    """Around `save_checkpoint`: a full disk becomes one line (free space, the size of the last checkpoint, the
+    last checkpoint intact) and the half-written temp folder is deleted."""
+    from tunelab.disk_full import folder_bytes, one_line_when_full
+
+    target = checkpoint_dir(output_dir, step)
+    earlier = sorted(p for p in target.parent.glob("step-*") if p.name < target.name)
+    intact = f"the previous checkpoint {earlier[-1].name} is intact" if earlier else "no earlier checkpoint to keep"
+    return one_line_when_full(target.parent, f"writing checkpoint {target.name}", intact,
+                              needed=folder_bytes(earlier[-1]) if earlier else None,
+                              cleanup=lambda: shutil.rmtree(target.with_name(f".{target.name}.tmp"), ignore_errors=True))
 
 
 def find_checkpoint(output_dir: Path, resume: str | Path) -> Path:
@@ -148,4 +165,27 @@ def prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:
         return
     folders = sorted((Path(output_dir) / "checkpoints").glob("step-*"))
     for old in folders[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        delete_checkpoint(old)
+
+
+def delete_checkpoint(folder: Path) -> None:
+    """Rename out of the way (one atomic step), then delete: a kill in between leaves a `.deleting` folder, never a
+    partial checkpoint under its step name."""
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+LEFTOVER_GLOBS = {".step-*.tmp": "half-written", ".step-*.deleting": "half-deleted"}
+
+
+def remove_leftovers(output_dir: Path) -> list[str]:
+    """Delete what a killed run left in the checkpoints folder; one line per folder removed (main process only,
+    before the first step: no checkpoint is being written then)."""
+    lines = []
+    for pattern, what in LEFTOVER_GLOBS.items():
+        for leftover in sorted((Path(output_dir) / "checkpoints").glob(pattern)):
+            shutil.rmtree(leftover, ignore_errors=True)
+            lines.append(f"removed {leftover}: a {what} checkpoint left by an interrupted run")
+    return lines

@@ -32,6 +32,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, model_validator
 
 from tunelab.config import StrictModel, parse_config, read_toml
+from tunelab.errors import fail
 
 try:  # owned by the data engineer
     from tunelab.data.config import DataConfig
@@ -65,6 +66,10 @@ class TrainConfig(StrictModel):
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # as sd-scripts' --dynamo_backend; aot_eager: no codegen
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = no EMA; e.g. 0.999
     nonfinite: Literal["stop", "skip"] = "stop"  # what a NaN/inf loss or gradient does
+    # "skip": the run stops after more than this many skipped steps in a row, or in all when also more than
+    # max_nonfinite_fraction of the run's steps (train/nonfinite.py)
+    max_nonfinite_steps: int = Field(10, ge=0)
+    max_nonfinite_fraction: float = Field(0.05, ge=0.0, le=1.0)
     empty_caption_as_zeros: bool = True  # "" captions (dropped) → the zero embedding, as SDXL samples them
     clip_skip: int | None = Field(None, ge=1)
     max_chunks: int = Field(3, ge=1)  # 75-token chunks per caption (sd-scripts max_token_length 225)
@@ -191,3 +196,10 @@ class RunConfig(StrictModel):
 def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     return parse_config(RunConfig, read_toml(path), path).resolved(path.parent)
+
+
+def require_model_path(config: RunConfig, config_file: str | Path) -> None:
+    """Before a command loads the model: a missing one is named with the config file and key, not only as the
+    path it resolved to."""
+    if not config.model.path.exists():
+        raise fail(config_file, f"[model] path: {config.model.path} not found")

@@ -3,6 +3,7 @@ a histogram of the timesteps sampled since the last one."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ class TrainLogger:
              timesteps: torch.Tensor) -> None:
         """Record optimizer step `step` (1-based). Cheap: tensors are only turned into numbers on logging steps."""
         alpha = self.config.loss_smoothing
-        self.smoothed = loss if self.smoothed is None else alpha * self.smoothed + (1 - alpha) * loss
+        if math.isfinite(loss):  # a skipped non-finite step would make the curve NaN for the rest of the run
+            self.smoothed = loss if self.smoothed is None else alpha * self.smoothed + (1 - alpha) * loss
         self.images += images
         if self.config.histogram_every_n_steps:
             self.timesteps.append(timesteps.detach().cpu())
@@ -37,7 +39,8 @@ class TrainLogger:
         if step % self.config.log_every_n_steps == 0:
             now = time.perf_counter()
             self.writer.add_scalar("loss/raw", loss, step)
-            self.writer.add_scalar("loss/smoothed", self.smoothed, step)
+            if self.smoothed is not None:
+                self.writer.add_scalar("loss/smoothed", self.smoothed, step)
             self.writer.add_scalar("grad_norm", grad_norm, step)
             self.writer.add_scalar("images_per_s", self.images / max(now - self.clock, 1e-9), step)
             for name, lr in lrs.items():

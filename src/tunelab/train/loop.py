@@ -8,17 +8,20 @@ batch gives the same loss on 1 or N processes, and a resumed run continues exact
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from tunelab.errors import TunelabError
+from tunelab import signals
 from tunelab.models.components import ModelComponents
 from tunelab.train.batches import BatchSource, micro_batches
-from tunelab.train.checkpoint import Progress, prune_checkpoints, save_checkpoint
+from tunelab.train.checkpoint import (Progress, prune_checkpoints, remove_leftovers, save_checkpoint,
+                                      writing_checkpoint)
 from tunelab.train.config import RunConfig
 from tunelab.train.logs import TrainLogger
+from tunelab.train.nonfinite import NonfiniteSteps, record_skipped
 from tunelab.train.offload import OffloadedModules
 from tunelab.train.objective import components_view, training_loss
 from tunelab.train.parameters import TrainablePlan
@@ -47,8 +50,14 @@ class TrainingRun:
     compile_clock: object | None = None  # train.compile.CompileClock when train.compile is on
 
 
+@signals.deferring  # SIGINT / SIGTERM: finish the step, save, stop (stop_on_signal)
 def train(run: TrainingRun) -> Progress:
     cfg, accelerator, progress = run.config, run.accelerator, run.progress
+    if accelerator.is_main_process:
+        for line in remove_leftovers(cfg.train.output_dir):
+            tqdm.write(line, file=sys.stderr)
+    nonfinite = NonfiniteSteps(cfg.train, run.total_steps, progress.nonfinite_skipped,
+                               verbose=accelerator.is_main_process)
     position = progress.position
     stream = micro_batches(run.batches, position)
     conditioning_parts = components_view(run.components, run.text_encoders)
@@ -85,16 +94,15 @@ def train(run: TrainingRun) -> Progress:
         loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()  # mean over the global batch
         finite = torch.isfinite(torch.tensor([loss, 0.0 if grad_norm is None else grad_norm])).all().item() \
             or inf_gradient_left_to_scaler(accelerator, loss)
+        nonfinite.record(progress.step + 1, loss, grad_norm, finite)  # "stop", or "skip" past its limits: raises
         if finite:
             run.optimizer.step()
             if run.ema is not None:
                 run.ema.step(run.plan.parts["unet"].parameters())
-        elif cfg.train.nonfinite == "stop":
-            raise TunelabError(f"step {progress.step + 1}: loss {loss} / gradient norm {grad_norm} is not finite; "
-                               "stopped (set train.nonfinite = \"skip\" to skip such steps)")
         run.lr_scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         progress.step, progress.epoch, progress.batch = progress.step + 1, position.epoch, position.batch
+        progress.nonfinite_skipped = nonfinite.skipped
 
         run.logger.step(progress.step, loss=loss, grad_norm=grad_norm, images=images_per_step,
                         timesteps=torch.cat(timesteps), lrs={g["name"]: g["lr"] for g in run.optimizer.param_groups})
@@ -105,7 +113,7 @@ def train(run: TrainingRun) -> Progress:
         if run.compile_clock is not None:
             run.compile_clock.report(progress.step, run.logger, verbose=accelerator.is_main_process)
         bar.update(1)
-        bar.set_postfix(loss=f"{run.logger.smoothed:.4f}", epoch=position.epoch, refresh=False)
+        bar.set_postfix(loss=f"{run.logger.smoothed or float('nan'):.4f}", epoch=position.epoch, refresh=False)
 
         saved = checkpoint_due(cfg, progress.step, run.total_steps, position.epoch > epoch_before, position.epoch)
         if saved:
@@ -115,7 +123,10 @@ def train(run: TrainingRun) -> Progress:
         # Validation (tunelab.validate): at its own cadence and at every checkpoint.
         if run.validation is not None and run.validation.due(progress.step, checkpoint=saved):
             run.validation.run(run.components, progress.step, run.logger)
+        stop_on_signal(run, bar, saved)
     bar.close()
+    if accelerator.is_main_process:
+        record_skipped(cfg.train.output_dir / "run.json", progress.nonfinite_skipped)
     run.logger.close()
     if run.compile_clock is not None:
         run.compile_clock.close()
@@ -172,15 +183,31 @@ def checkpoint_due(cfg: RunConfig, step: int, total_steps: int, epoch_ended: boo
             or (epoch_ended and every_epochs > 0 and epoch % every_epochs == 0))
 
 
-def save(run: TrainingRun) -> None:
-    """Model (with EMA weights when EMA is on) + training state."""
+def stop_on_signal(run: TrainingRun, bar, saved: bool) -> None:
+    """After a whole optimizer step: on SIGINT / SIGTERM (on any process), checkpoint with training state and stop."""
+    signum = signals.requested() or 0
+    if run.accelerator.num_processes > 1:  # every process stops at the same step, or the collectives hang
+        signum = int(run.accelerator.reduce(torch.tensor(signum, device=run.accelerator.device), "max"))
+    if not signum:
+        return
+    if not (saved and run.config.checkpoint.save_state):
+        save(run, save_state=True)
+    bar.close()
+    run.logger.close()
+    raise signals.Interrupted(signum, f"interrupted at step {run.progress.step}; checkpoint saved; resume with "
+                                      "--resume latest")
+
+
+def save(run: TrainingRun, *, save_state: bool | None = None) -> None:
+    """Model (with EMA weights when EMA is on) + training state (`checkpoint.save_state` unless told)."""
     cfg = run.config
     # offloaded frozen parts are streamed from their files into the checkpoint, never loaded back (peak memory)
     frozen = run.offloaded.sources(run.components.named_parts()) if run.offloaded is not None else None
-    save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=run.components,
-                    trained_parts=run.plan.trained_modules(), optimizer=run.optimizer,
-                    lr_scheduler=run.lr_scheduler, ema=run.ema, ema_parameters=run.plan.parts["unet"].parameters(),
-                    model_format=cfg.checkpoint.format, model_dtype=cfg.checkpoint.dtype,
-                    save_state=cfg.checkpoint.save_state, frozen=frozen)
+    with writing_checkpoint(cfg.train.output_dir, run.progress.step):  # a full disk: one line
+        save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=run.components,
+                        trained_parts=run.plan.trained_modules(), optimizer=run.optimizer,
+                        lr_scheduler=run.lr_scheduler, ema=run.ema, ema_parameters=run.plan.parts["unet"].parameters(),
+                        model_format=cfg.checkpoint.format, model_dtype=cfg.checkpoint.dtype,
+                        save_state=cfg.checkpoint.save_state if save_state is None else save_state, frozen=frozen)
     if run.accelerator.is_main_process:
         prune_checkpoints(cfg.train.output_dir, cfg.checkpoint.keep_last)

@@ -192,11 +192,14 @@ def data_batches(config: RunConfig) -> BatchSource:
     """This process's share of the dataset (`[data]`), through the dataset loader."""
     from accelerate import PartialState
 
+    from tunelab.data.cache_check import require_complete
     from tunelab.data.loader import open_batches
 
     if config.data is None:
         raise TunelabError("the run config has no [data] table")
     state = PartialState(cpu=not torch.cuda.is_available())  # the same process group the Accelerator will use
+    # items missing from a cache: refused now, not at the first batch that holds one
+    require_complete(config.data, text_encoder_mode=config.text_encoder.mode)
     return open_batches(config.data, batch_size=config.train.batch_size, seed=config.train.seed,
                         rank=state.process_index, world_size=state.num_processes,
                         text_encoder_mode=config.text_encoder.mode)
