@@ -149,3 +149,14 @@ def test_report_shows_each_runs_trend_over_the_window_the_user_sets(tmp_path):
         (fit.verdict, "training loss" if fit.tag == "loss/raw" else fit.tag, fit.words()) for fit in expected]
     assert rows[0][0] == "improving" and rows[1][0] == "improving"
     assert "over the latest 40 steps" in html and 'alt="run-a: loss trend on a log-step axis"' in html
+
+
+def test_a_validation_set_with_too_few_points_is_one_row_not_one_per_band():
+    from tunelab.report.build import trend_section
+
+    curves = RunCurves("run", {"loss/raw": synthetic(-0.02, steps=40, seed=4),
+                               **{f"val/held/{tag}": [(100, 0.2), (200, 0.19)]
+                                  for tag in ("mean", "band_0", "band_1", "band_2")}})
+    rows = trend_section(curves)["rows"]
+    assert [row["curve"] for row in rows] == ["training loss", "val/held: mean and 3 bands"]
+    assert rows[1]["words"] == "too few points to fit a trend (1 in steps 200–200; 3 needed)"

@@ -15,7 +15,7 @@ from tunelab.report.inputs import ReportInputs, ValidationResults, find_inputs
 from tunelab.report.plots import training_plot, trend_plot, validation_plot
 from tunelab.report.tables import Cell, Row, Table, loss_cell, per_seed_table, scoreboard_table, validation_table
 from tunelab.report.training_curves import RunCurves, read_run_curves
-from tunelab.report.trend import run_trend
+from tunelab.report.trend import TooFewPoints, run_trend
 
 TEMPLATE = "report.html"
 
@@ -67,11 +67,17 @@ def trend_section(curves: RunCurves, window: int | None = None) -> dict:
     """One run's loss trend (report/trend.py): a row per curve with its verdict and numbers, the smoothed loss at
     the last step, and the plot on a log-step axis."""
     trend = run_trend(curves, window)
-    fits = ([trend.training] if trend.training is not None else []) + [f for fs in trend.validation.values() for f in fs]
+    rows = []
+    if trend.training is not None:
+        rows.append({"curve": "training loss", "verdict": trend.training.verdict, "words": trend.training.words()})
+    for set_name, fits in trend.validation.items():
+        if len(fits) > 1 and all(isinstance(fit, TooFewPoints) for fit in fits):  # one line, not one per band
+            rows.append({"curve": f"val/{set_name}: mean and {len(fits) - 1} bands", "verdict": fits[0].verdict,
+                         "words": fits[0].words()})
+            continue
+        rows += [{"curve": fit.tag, "verdict": fit.verdict, "words": fit.words()} for fit in fits]
     return {"run": curves.name, "ema": trend.last_ema, "median": trend.last_median,
-            "step": (curves.scalars.get("loss/raw") or [(None, None)])[-1][0],
-            "rows": [{"curve": "training loss" if fit.tag == "loss/raw" else fit.tag, "verdict": fit.verdict,
-                      "words": fit.words()} for fit in fits],
+            "step": (curves.scalars.get("loss/raw") or [(None, None)])[-1][0], "rows": rows,
             "plot": trend_plot(curves, trend)}
 
 
