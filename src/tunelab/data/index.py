@@ -60,8 +60,11 @@ CREATE TABLE IF NOT EXISTS items (
     note TEXT,
     seen_run INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS items_by_bucket ON items (status, split, bucket_width, bucket_height, id);
+CREATE INDEX IF NOT EXISTS items_by_bucket ON items (status, split, bucket_width, bucket_height, id, subset_id);
 """
+# subset_id in the bucket index: the loader plans an epoch from (id, subset) pairs read from the index alone; without
+# it, every table page is read (12.4M booru items: ~5 GB, a minute per process).
+_BUCKET_INDEX_COLUMNS = "bucket_height, id, subset_id)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,9 @@ class DatasetIndex:
         db = sqlite3.connect(self.path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+        old = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'items_by_bucket'").fetchone()
+        if old is not None and not old[0].replace(" ", "").endswith(_BUCKET_INDEX_COLUMNS.replace(" ", "")):
+            db.execute("DROP INDEX items_by_bucket")  # an index written before subset_id was in it: built anew below
         db.executescript(_SCHEMA)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         db.commit()

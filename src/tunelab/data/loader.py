@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
 from typing import Iterator
 
 import numpy as np
@@ -53,41 +52,66 @@ Bucket = tuple[int, int]
 class BucketItems:
     """One bucket's item ids and how many times each appears per epoch (its subset's repeats)."""
 
-    ids: np.ndarray  # int64, id order
-    repeats: np.ndarray  # int64, ≥ 1
+    ids: np.ndarray  # int32 (int64 when an id needs it), id order
+    repeats: np.ndarray  # int32, ≥ 1
+
+
+def compact(values: np.ndarray) -> np.ndarray:
+    """int32 when every value fits (half the memory of int64 at 12M items), else int64."""
+    fits = len(values) == 0 or (values.min() >= -(2**31) and values.max() < 2**31)
+    return values.astype(np.int32 if fits else np.int64)
 
 
 def read_bucket_items(index: DatasetIndex, split: str = TRAIN) -> dict[Bucket, BucketItems]:
-    """Ids + repeats per bucket, straight from the covering index (a million items: a few MB)."""
+    """Ids + repeats per bucket, from the (status, split, bucket, id, subset_id) index alone: no table page is read
+    (12.4M items: ~150 MB of arrays)."""
     repeats_of = {sid: s.repeats for sid, s in index.subsets().items()}
     out = {}
     for bucket in index.bucket_counts(split):
-        rows = index.db.execute(
-            "SELECT id, subset_id FROM items WHERE status = ? AND split = ? AND bucket_width = ? AND bucket_height = ? "
-            "ORDER BY id", (OK, split, *bucket))  # fmt: skip
-        pairs = np.fromiter(chain.from_iterable(rows), dtype=np.int64).reshape(-1, 2)
-        subsets, where = np.unique(pairs[:, 1], return_inverse=True)
-        repeats = np.array([max(1, repeats_of.get(int(s), 1)) for s in subsets], dtype=np.int64)[where]
-        out[bucket] = BucketItems(pairs[:, 0].copy(), repeats)
+        # Two comma-joined columns parsed by numpy: no Python object per row (12.4M rows: 3x less CPU than tuples).
+        ids, subset_ids = index.db.execute(
+            "SELECT group_concat(id), group_concat(subset_id) FROM (SELECT id, subset_id FROM items WHERE status = ? "
+            "AND split = ? AND bucket_width = ? AND bucket_height = ? ORDER BY id)", (OK, split, *bucket)).fetchone()  # fmt: skip
+        ids, subset_ids = (np.fromstring(column, dtype=np.int64, sep=",") for column in (ids, subset_ids))
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():  # SQLite does not promise group_concat's order
+            order = np.argsort(ids, kind="stable")
+            ids, subset_ids = ids[order], subset_ids[order]
+        subsets, where = np.unique(subset_ids, return_inverse=True)
+        repeats = np.array([max(1, repeats_of.get(int(s), 1)) for s in subsets], dtype=np.int32)[where]
+        out[bucket] = BucketItems(compact(ids), repeats)
     return out
 
 
 def plan_epoch(buckets: dict[Bucket, BucketItems], *, seed: int, epoch: int, global_batch: int) -> np.ndarray:
-    """[n_batches, global_batch, 2] of (item_id, occurrence): the epoch's global batches in training order."""
+    """[n_batches, global_batch, 2] of (item_id, occurrence): the epoch's global batches in training order.
+
+    Each bucket's appearances (item i repeated repeats[i] times) are shuffled and cut into global batches, then all
+    batches are shuffled. Memory (12.4M items): one bucket's repeated sequence at a time, in int32, and batches
+    written straight to their shuffled places (no concatenated copy to permute)."""
     rng = np.random.default_rng([seed, epoch])
-    planned = []
+    blocks = []
     for bucket in sorted(buckets):
         entry = buckets[bucket]
-        ids = np.repeat(entry.ids, entry.repeats)
-        starts = np.repeat(np.cumsum(entry.repeats) - entry.repeats, entry.repeats)
-        occurrence = np.arange(len(ids)) - starts  # 0..repeats-1 for each item's appearances
-        n = len(ids) // global_batch
-        take = rng.permutation(len(ids))[: n * global_batch].reshape(n, global_batch)
-        planned.append(np.stack([ids[take], occurrence[take]], axis=-1))
-    if not planned:
-        return np.zeros((0, global_batch, 2), dtype=np.int64)
-    batches = np.concatenate(planned)
-    return batches[rng.permutation(len(batches))]
+        item_of = np.repeat(np.arange(len(entry.ids), dtype=np.int32), entry.repeats)  # appearance → item
+        starts = np.repeat((np.cumsum(entry.repeats) - entry.repeats).astype(np.int32), entry.repeats)
+        n = len(item_of) // global_batch
+        take = rng.permutation(len(item_of))[: n * global_batch]
+        occurrence = (take - starts[take]).astype(np.int32)  # 0..repeats-1 for each item's appearances
+        blocks.append((entry.ids[item_of[take]].reshape(n, global_batch), occurrence.reshape(n, global_batch)))
+        del item_of, starts, take, occurrence
+    total = sum(len(ids) for ids, _ in blocks)
+    order = rng.permutation(total)  # batch `order[j]` of the buckets' batches in sequence is trained j-th
+    place = np.empty(total, dtype=np.int64)
+    place[order] = np.arange(total)
+    dtype = np.result_type(np.int32, *(ids.dtype for ids, _ in blocks))
+    plan = np.empty((total, global_batch, 2), dtype=dtype)
+    start = 0
+    while blocks:
+        ids, occurrence = blocks.pop(0)
+        where = place[start : start + len(ids)]
+        plan[where, :, 0], plan[where, :, 1] = ids, occurrence
+        start += len(ids)
+    return plan
 
 
 def count_batches(buckets: dict[Bucket, BucketItems], global_batch: int) -> int:
@@ -141,6 +165,12 @@ class DatasetBatches:
             ahead = started
         if ahead is not None:
             yield self._finish_batch(*ahead)
+
+    def batch_ids(self, epoch: int, batch: int) -> tuple[list[int], list[int]]:
+        """This process's (item ids, occurrences) in global batch `batch` of `epoch`."""
+        planned = plan_epoch(self.buckets, seed=self.seed, epoch=epoch, global_batch=self.global_batch)[batch]
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return planned[mine, 0].tolist(), planned[mine, 1].tolist()
 
     def make_batch(self, ids: list[int], occurrences: list[int], epoch: int) -> dict:
         return self._finish_batch(*self._begin_batch(ids, occurrences, epoch))

@@ -23,6 +23,7 @@ from tunelab.train.batches import BatchSource
 from tunelab.train.checkpoint import Progress, find_checkpoint, load_checkpoint
 from tunelab.train.compile import CompileClock, compile_for_training
 from tunelab.train.config import RunConfig
+from tunelab.train.engines import refuse_unsupported_engine
 from tunelab.train.logs import TrainLogger
 from tunelab.train.loop import TrainingRun, train
 from tunelab.train.noise import training_scheduler
@@ -55,6 +56,7 @@ def make_accelerator(config: RunConfig):
 
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise TunelabError("train.mixed_precision: fp16 needs a GPU; on CPU use \"bf16\" or \"no\"")
+    refuse_unsupported_engine(torch.cuda.is_available())  # FSDP / DeepSpeed: refused with the reason (engines.py)
     from accelerate.state import AcceleratorState, PartialState
 
     if AcceleratorState._shared_state and PartialState._shared_state.get("num_processes", 1) == 1:
