@@ -6,8 +6,9 @@ character they make up, and style (outline | plain).
 
 How: the background is read from the left and right border columns of each row (subjects never reach them), so a
 pixel far from its row's background belongs to the subject. Colours are the nearest palette entry; shapes are told
-apart by the subject's aspect ratio and how much of its bounding box it fills. Characters are drawn at a fixed
-place, so each attribute is read from its own region."""
+a car from a shape by the subject's aspect ratio and how much of its bounding box it fills, and which shape by its
+outline's radial profile (`shape_profile`). Characters are drawn at a fixed place, so each attribute is read from its
+own region."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PIL import Image
 
 from tunelab.toy.concepts import CHARACTER_PARTS, CHARACTERS, COLOURS, LOCATIONS, SKIN
 from tunelab.toy.draw import EYE_BOXES, SHIRT_BOX
+from tunelab.toy.shape_profile import classify_outline
 
 FAMILIES = ("object", "colour", "shape", "location", "hair", "eyes", "shirt", "character", "style")
 
@@ -120,8 +122,9 @@ def judge_character(img: np.ndarray, judgement: Judgement) -> None:
     judgement.set("character", name, min(hair[1], eyes[1], shirt[1]) if name else 0.0)
 
 
-# Shape features, measured on 800 drawn images: (top-corner fill, bottom-corner fill, bounding-box fill, centroid
-# height, aspect). The corners are the 3×3 pixels at each corner of the subject's bounding box.
+# Car or shape: bounding-box features measured on 800 drawn images: (top-corner fill, bottom-corner fill, bounding-box
+# fill, centroid height, aspect). The corners are the 3×3 pixels at each corner of the subject's bounding box. Which
+# shape is then read from the outline (these features took a model's rounded squares for circles).
 SHAPE_PROTOTYPES = {
     "square": (0.99, 0.99, 0.99, 0.50, 1.00),
     "circle": (0.04, 0.04, 0.79, 0.50, 1.00),
@@ -146,18 +149,18 @@ def shape_features(mask: np.ndarray) -> np.ndarray | None:
     return np.array([top, bottom, fill, centroid, width / height])
 
 
-def classify_shape(mask: np.ndarray) -> tuple[str | None, float, str]:
-    """(shape, score, object) from the subject's painted-pixel mask: the nearest prototype in feature space;
-    the score is the relative margin to the second nearest."""
-    features = shape_features(mask)
+def classify_shape(painted: np.ndarray, silhouette: np.ndarray) -> tuple[str | None, float, str]:
+    """(shape, score, object) from the subject's painted pixels and its silhouette (painted and ink): car or shape
+    by the nearest bounding-box prototype (score: relative margin to the second nearest); which shape by the outline."""
+    features = shape_features(painted)
     if features is None:
         return None, 0.0, "shape"
     distances = {name: float(np.linalg.norm((features - np.array(p)) / FEATURE_SCALE)) for name, p in SHAPE_PROTOTYPES.items()}
     (best, d0), (_, d1) = sorted(distances.items(), key=lambda kv: kv[1])[:2]
-    score = (d1 - d0) / (d1 + d0 + 1e-6)
     if best.startswith("car"):
-        return None, score, "car"
-    return best, score, "shape"
+        return None, (d1 - d0) / (d1 + d0 + 1e-6), "car"
+    shape, score = classify_outline([painted, silhouette])
+    return shape, score, "shape"
 
 
 def ink_pixels(img: np.ndarray) -> int:
@@ -200,7 +203,7 @@ def judge(image) -> Judgement:
     palette_distance = np.sqrt(((pixels[:, None] - PALETTE[None]) ** 2).sum(-1)).min(1).reshape(32, 32)
     painted = differs & ~dark & (palette_distance < 90)
     colour, colour_score = vote(img[painted], PALETTE_NAMES, PALETTE)
-    shape, shape_score, kind = classify_shape(painted)
+    shape, shape_score, kind = classify_shape(painted, differs)
     judgement.set("object", kind, shape_score if kind == "car" else 1.0 - 0.5 * (shape is None))
     judgement.set("colour", colour, colour_score)
     judgement.set("shape", shape, shape_score)
