@@ -80,3 +80,20 @@ def test_the_cache_computes_once_for_many_loads_and_again_when_a_file_changes(tm
     assert cache.get(("curves",), [events], compute) == 2 and calls == [b"1", b"12"]
     events.unlink()
     assert cache.get(("curves",), [events], compute) == 2  # gone: recomputed only after the same wait
+
+
+def test_a_port_already_taken_is_a_one_line_error(tmp_path):
+    import socket
+
+    import pytest
+
+    from tunelab.errors import TunelabError
+    from tunelab.watch.server import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TunelabError, match=rf"^cannot serve on 127\.0\.0\.1 port {port}: Address already in use "
+                                               r"\(choose another with --port\)$"):
+            serve([tmp_path], port=port, log=lambda line: None)

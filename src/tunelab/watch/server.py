@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -17,11 +18,12 @@ import jinja2
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.security import safe_join
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import WSGIRequestHandler, get_sockaddr, make_server, select_address_family
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 
 from tunelab import __version__
+from tunelab.errors import TunelabError
 from tunelab.watch.view import FileCache, FolderView
 
 SERVED_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".json"}  # samples, grids, records: nothing else
@@ -83,12 +85,30 @@ class QuietRequestHandler(WSGIRequestHandler):
 def serve(folders: list[Path], *, host: str = "127.0.0.1", port: int = 8710, trend_window: int | None = None,
           refresh_s: float = 3.0, log: Callable[[str], None] = print) -> None:
     app = WatchApp(folders, trend_window=trend_window, refresh_s=refresh_s)
-    server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
+    listener = listening_socket(host, port)
+    server = make_server(host, listener.getsockname()[1], app, threaded=True, request_handler=QuietRequestHandler,
+                         fd=listener.fileno())
     shown = f"[{host}]" if ":" in host else host
-    log(f"watching {len(folders)} folder(s) at http://{shown}:{server.server_port}/ (Ctrl-C to stop)")
+    log(f"watching {len(folders)} folder(s) at http://{shown}:{server.port}/ (Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        listener.close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound here rather than by werkzeug, which prints two lines and exits when the port is taken: here that is
+    one line (`TunelabError`), like every other refusal."""
+    family = select_address_family(host, port)
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(get_sockaddr(host, port, family))
+        listener.listen(128)
+    except OSError as e:  # port taken, an address not on this machine
+        listener.close()
+        raise TunelabError(f"cannot serve on {host} port {port}: {e.strerror or e} (choose another with --port)") from None
+    return listener
