@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tunelab.signals import Interrupted
 from tunelab.train.run_status import RunStatus, ended
 from tunelab.watch.run_state import format_duration, read_run_state
 
@@ -51,7 +52,9 @@ def test_running_then_a_dead_or_reused_pid_reads_interrupted_and_another_host_is
     (None, 100, "finished", ""),
     (None, 40, "interrupted", "stopped at step 40 of 100"),
     (KeyboardInterrupt(), 40, "interrupted", "interrupted (Ctrl-C or a signal) at step 40 of 100"),
-    (SystemExit(143), 40, "interrupted", "exited (code 143) (at step 40 of 100)"),
+    (Interrupted(15, "interrupted at step 40; checkpoint saved; resume with --resume latest"), 40, "interrupted",
+     "interrupted at step 40; checkpoint saved; resume with --resume latest (step 40 of 100)"),
+    (SystemExit(1), 40, "interrupted", "exited (code 1) (step 40 of 100)"),
     (RuntimeError("out of memory\ndetails"), 3, "failed", "RuntimeError: out of memory (at step 3)"),
 ])
 def test_how_a_run_ended_is_recorded_in_one_line(tmp_path, error, step, state, reason):

@@ -85,7 +85,7 @@ def ended(error: BaseException | None, step: int, total_steps: int) -> tuple[str
         return "interrupted", f"interrupted (Ctrl-C or a signal) at step {step} of {total_steps}"
     if isinstance(error, SystemExit):  # tunelab.signals.Interrupted (SIGINT / SIGTERM) carries its own message
         message = getattr(error, "message", None) or f"exited (code {error.code})"
-        return "interrupted", f"{message} (at step {step} of {total_steps})"
+        return "interrupted", f"{message} (step {step} of {total_steps})"
     lines = str(error).strip().splitlines()
     message = lines[0] if lines else "no message"
     named = message if isinstance(error, TunelabError) else f"{type(error).__name__}: {message}"
