@@ -8,8 +8,11 @@
 2. Text encoders frozen: cached embeddings (encoders offloaded, never in memory) vs encoding the captions every
    step: images/s of each and the ratio; model weights held in memory during training; peak memory during training
    (CUDA: max allocated; CPU: max RSS sampled every step), each variant in its own process; the encoders' size.
+3. train.compile on / off (cached embeddings, each in its own process): compile time, steady-state images/s
+   (median step after the first two), peak RSS of the whole process (final checkpoint included).
 
     .venv/bin/python bench/train_step.py [--steps 12] [--rounds 3] [--batch 8] [--device cpu|cuda] [--threads 1]
+                                         [--compile-rounds 1]
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ def items(count: int, seed: int = 0) -> dict:
     return {"latents": torch.randn(count, 4, 8, 8, generator=g), "captions": captions[:count]}
 
 
-def config(output_dir: Path, steps: int, batch: int, device: str):
+def config(output_dir: Path, steps: int, batch: int, device: str, **train):
+    """The benchmark's run config; `train` adds [train] keys (only given ones: an older trainer may not know them)."""
     from tunelab.train.config import RunConfig
 
     return RunConfig.model_validate({
         "model": {"path": "unused"},
-        "train": {"output_dir": str(output_dir), "max_steps": steps, "batch_size": batch},
+        "train": {"output_dir": str(output_dir), "max_steps": steps, "batch_size": batch, **train},
         "unet": {"learning_rate": 1e-5},
         "text_encoder": {"mode": "off"},
         "checkpoint": {"every_n_epochs": 0, "save_state": False},
@@ -84,7 +88,7 @@ def timed_loop(run) -> list[tuple[float, float]]:
     return deltas(stamps)
 
 
-def loop_steps(steps: int, batch: int, device: str, cached: bool, tmp: Path) -> tuple[list[float], object]:
+def loop_steps(steps: int, batch: int, device: str, cached: bool, tmp: Path, **train) -> tuple[list[float], object]:
     from tunelab.models.text_conditioning import encode_prompts
     from tunelab.train.batches import InMemoryBatches
     from tunelab.train.recipe import build_run
@@ -95,12 +99,13 @@ def loop_steps(steps: int, batch: int, device: str, cached: bool, tmp: Path) -> 
         with torch.no_grad():
             embeddings = encode_prompts(c, data["captions"], empty_as_zeros=True)
         data.update(prompt_embeds=embeddings.prompt_embeds, pooled_prompt_embeds=embeddings.pooled_prompt_embeds)
-    run = build_run(config(tmp, steps, batch, device), c, InMemoryBatches(data, batch_size=batch))
+    run = build_run(config(tmp, steps, batch, device, **train), c, InMemoryBatches(data, batch_size=batch))
     return timed_loop(run), run
 
 
 def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[tuple[float, float]]:
-    """forward + backward (+ clip_grad_norm_ to 1.0, as the loop's config) + AdamW of the same UNet and batch."""
+    """forward + backward (+ clip_grad_norm_ to 1.0, as the loop's config) + AdamW of the same UNet and batch
+    (torch's fused kernel where the device has one, as the loop's default)."""
     from tunelab.models.text_conditioning import encode_prompts, sdxl_time_ids
 
     c = components(device)
@@ -115,7 +120,8 @@ def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[tuple[fl
     cond = {"text_embeds": e.pooled_prompt_embeds.to(device),
             "time_ids": sdxl_time_ids(size, torch.zeros_like(size), size).to(device)}
     embeds = e.prompt_embeds.to(device)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=0.01)
+    fused = device in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=0.01, fused=fused or None)
     stamps = [clock()]
     for _ in range(steps):
         prediction = unet(latents + noise, t, encoder_hidden_states=embeds, added_cond_kwargs=cond).sample
@@ -131,15 +137,29 @@ def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[tuple[fl
 
 
 def cache_variant(args) -> None:
-    """One variant of part 2, in this (fresh) process; prints a JSON line."""
+    """One variant of parts 2 and 3 (cached | encode | compile), in this (fresh) process; prints a JSON line."""
+    import resource
+
+    train = {"compile": True, "compile_backend": args.backend} if args.variant == "compile" else {}
     with tempfile.TemporaryDirectory() as tmp:
-        times, run = loop_steps(args.steps, args.batch, args.device, args.variant == "cached", Path(tmp))
+        times, run = loop_steps(args.steps, args.batch, args.device, args.variant != "encode", Path(tmp), **train)
+        process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the final checkpoint included
     te_bytes = sum(p.numel() * p.element_size() for m in run.components.text_encoders for p in m.parameters())
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else run.peak_rss
-    print(json.dumps({"step_s": statistics.median(t[0] for t in times[1:]),
-                      "step_cpu_s": statistics.median(t[1] for t in times[1:]), "peak_bytes": peak,
-                      "weights_held": run.weights_held,
-                      "te_bytes": te_bytes}))
+    clock = getattr(run, "compile_clock", None)
+    print(json.dumps({"step_s": statistics.median(t[0] for t in times[2:]),
+                      "step_cpu_s": statistics.median(t[1] for t in times[2:]), "peak_bytes": peak,
+                      "process_peak_bytes": process_peak, "weights_held": run.weights_held, "te_bytes": te_bytes,
+                      "compile_s": clock.seconds if clock is not None else 0.0, "steps": len(times),
+                      "step_s_all": [t[0] for t in times], "step_cpu_s_all": [t[1] for t in times]}))
+
+
+def variant_process(variant: str, args, env: dict | None = None) -> dict:
+    """`variant` run in a fresh process (clean peak memory); its JSON line."""
+    command = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--batch",
+               str(args.batch), "--device", args.device, "--threads", str(args.threads), "--backend", args.backend]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -149,7 +169,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--variant", choices=["cached", "encode"])  # internal: part 2 subprocess
+    parser.add_argument("--compile-rounds", type=int, default=1)
+    parser.add_argument("--backend", default="inductor", help="train.compile_backend of part 3")
+    parser.add_argument("--variant", choices=["cached", "encode", "compile"])  # internal: parts 2-3 subprocess
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.variant:
@@ -172,10 +194,7 @@ def main() -> None:
     runs = {"cached": [], "encode": []}
     for r in range(args.rounds):  # each variant in a fresh process (peak memory), alternating (load)
         for variant in runs:
-            command = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--batch",
-                       str(args.batch), "--device", args.device, "--threads", str(args.threads)]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+            runs[variant].append(variant_process(variant, args))
     results = {variant: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for variant, rs in runs.items()}
     cached, encode = results["cached"], results["encode"]
     te_mb = encode["te_bytes"] / 2**20
@@ -190,6 +209,17 @@ def main() -> None:
           f"encoding {encode['peak_bytes'] / 2**20:.1f} MB, difference "
           f"{(encode['peak_bytes'] - cached['peak_bytes']) / 2**20:.1f} MB; text encoders {te_mb:.1f} MB "
           f"(target: difference >= their size)")
+
+    compiled = {"eager": [], "compile": []}
+    for r in range(args.compile_rounds):
+        compiled["compile"].append(variant_process("compile", args))
+        compiled["eager"].append(variant_process("cached", args))
+    for variant, rs in compiled.items():
+        step, cpu = (statistics.median(r[k] for r in rs) for k in ("step_s", "step_cpu_s"))
+        print(f"3. compile {'on ' if variant == 'compile' else 'off'}: compile time "
+              f"{statistics.median(r['compile_s'] for r in rs):.1f} s, steady state {args.batch / step:.1f} img/s "
+              f"(wall), {args.batch / cpu:.1f} img/s (CPU), process peak RSS "
+              f"{statistics.median(r['process_peak_bytes'] for r in rs) / 2**20:.0f} MB, n={len(rs)}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def assert_same_model(reference: Path, streamed: Path) -> None:
             assert json.loads((reference / config).read_text()) == json.loads((streamed / config).read_text())
 
 
-@pytest.mark.parametrize("fmt,dtype", [("diffusers", None), ("single-file", None), ("single-file", "fp16")])
+@pytest.mark.parametrize("fmt,dtype", [("diffusers", None), ("diffusers", "bf16"), ("single-file", None),
+                                       ("single-file", "fp16")])
 def test_streamed_frozen_parts_equal_the_loaded_write(tmp_path, fmt, dtype):
     components = small_sdxl()
     name = "model" if fmt == "diffusers" else "model.safetensors"

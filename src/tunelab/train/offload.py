@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from tunelab import atomic
+from tunelab.models.safetensors_stream import SafetensorsReader, write_safetensors
 
 
 class OffloadedModules:
@@ -26,17 +25,18 @@ class OffloadedModules:
         for name, module in modules.items():
             # every buffer too: non-persistent ones (e.g. CLIP's position_ids) are not in the state dict
             tensors = {**module.state_dict(), **{f"buffer:{n}": b for n, b in module.named_buffers()}}
-            atomic.save_safetensors(self.folder / f"{name}.safetensors", tensors)
+            write_safetensors(self.folder / f"{name}.safetensors", tensors)  # streamed: no bytes copy of the module
         self.offload()
 
     def load_back(self) -> None:
+        """Weights read one tensor at a time straight into the module's own storage (no second copy)."""
         for name, module in self.modules.items():
             module.to_empty(device=self.devices[name])
-            tensors = load_file(self.folder / f"{name}.safetensors", device=str(self.devices[name]))
-            buffers = dict(module.named_buffers())
-            for key in [k for k in tensors if k.startswith("buffer:")]:
-                buffers[key.removeprefix("buffer:")].copy_(tensors.pop(key))
-            module.load_state_dict(tensors)
+            state, buffers = module.state_dict(), dict(module.named_buffers())  # views of the module's storage
+            with SafetensorsReader(self.folder / f"{name}.safetensors") as reader, torch.no_grad():
+                for key in reader.keys():
+                    target = buffers[key.removeprefix("buffer:")] if key.startswith("buffer:") else state[key]
+                    target.copy_(reader.read(key))
 
     def offload(self) -> None:
         for module in self.modules.values():
