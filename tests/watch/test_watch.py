@@ -97,9 +97,10 @@ def colour_box(screenshot: Path, colour) -> tuple[float, float, float, float]:
     return xs.min(), xs.max(), ys.min(), ys.max()
 
 
-def shoot(url: str, path: Path, profile: Path) -> str:
+def shoot(url: str, path: Path, profile: Path, *extra: str) -> str:
     """A screenshot and the DOM of one page load in headless Chromium."""
-    result = chromium(f"--screenshot={path}", "--dump-dom", f"--window-size={WIDTH},{HEIGHT}", url, profile=profile)
+    result = chromium(f"--screenshot={path}", "--dump-dom", f"--window-size={WIDTH},{HEIGHT}", *extra, url,
+                      profile=profile)
     assert Image.open(path).size == (WIDTH, HEIGHT)
     return result.stdout
 
@@ -195,8 +196,10 @@ def test_live_page_follows_a_run_to_finished_shows_a_killed_run_interrupted_and_
             if process.poll() is None:
                 process.kill()
     final = wait_for(url, lambda runs, _: runs["live-run"] == ("finished", LIVE_STEPS), "finished")
-    dom = shoot(url, tmp_path / "finished.png", tmp_path / "profile")
+    # virtual time runs the page's own refresh (every 1 s): the swapped-in page still says finished
+    dom = shoot(url, tmp_path / "finished.png", tmp_path / "profile", "--virtual-time-budget=2500")
     assert runs_on(dom)["live-run"] == ("finished", LIVE_STEPS) and runs_on(dom)["killed-run"][0] == "interrupted"
+    assert int(re.search(r'<body data-refreshes="(\d+)"', dom).group(1)) >= 1
     # the trend, the latest samples (served) and the checkpoints of the finished run
     assert re.search(r'<tr class="trend-row" data-verdict="[a-z ]+"><th>training loss</th>', final)
     samples = re.findall(r'<img src="(/files/0/samples/step-0000(\d\d)/[^"]+\.png)"', final)
