@@ -108,7 +108,7 @@ def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str |
         for chunk in chunks:
             readings.append(judge.read(chunk))
             bar.update(len(chunk))
-    verdicts = _verdicts(probes, judge, readings, all_probes)
+    verdicts = verdicts_of(probes, judge, readings, all_probes)
     judged_at = time.perf_counter()
     verdicts.label, verdicts.path = label, str(model_path)
     verdicts.seconds = {"load_and_sample": round(sampled - started, 3), "write_images": round(written - sampled, 3),
@@ -117,7 +117,8 @@ def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str |
     return verdicts
 
 
-def _verdicts(probes: Probes, judge: Judge, readings: list, all_probes: list[Probe]) -> JudgedModel:
+def verdicts_of(probes: Probes, judge: Judge, readings: list, all_probes: list[Probe]) -> JudgedModel:
+    """Every concept's verdicts from one model's readings (`judge.read` of `all_probes`' images, in chunks)."""
     def on_all(expectation) -> Judged:
         parts = [judge.verdict(chunk, expectation) for chunk in readings]
         return Judged(np.concatenate([p.passed for p in parts]), np.concatenate([p.score for p in parts]))
