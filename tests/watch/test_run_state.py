@@ -76,3 +76,16 @@ def test_a_folder_without_status_says_so_with_its_latest_checkpoint(tmp_path):
 def test_durations_read_in_units_a_person_uses():
     assert [format_duration(s) for s in (7, 75, 3 * 3600 + 5 * 60, 2 * 86400 + 3 * 3600)] == \
         ["7 s", "1 min 15 s", "3 h 05 min", "2 d 3 h"]
+
+
+def test_a_status_that_cannot_be_written_never_stops_the_run(tmp_path):
+    """A full disk or a folder gone: the training (and the error it is ending with) go on; the status is best effort."""
+    (tmp_path / "not-a-folder").write_text("a file where the run folder should be")
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    status = RunStatus(tmp_path / "not-a-folder", total_steps=10, step=0, flush=full_disk, every_s=0)
+    status.step(1, images=4)
+    status.end(*ended(RuntimeError("disk full"), 1, 10), step=1)
+    assert status.unwritten == 3 and (tmp_path / "not-a-folder").read_text().startswith("a file")

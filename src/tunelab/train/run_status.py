@@ -46,6 +46,7 @@ class RunStatus:
                        "pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
                        "host": socket.gethostname()}
         self.images = 0
+        self.unwritten = 0  # writes that failed
         self.marks: deque[tuple[float, int, int]] = deque([(time.monotonic(), step, 0)])  # (clock, step, images)
         self.write()
 
@@ -69,10 +70,15 @@ class RunStatus:
         self.write(flush=False)  # the loop has closed the TensorBoard writer by now
 
     def write(self, *, flush: bool = True) -> None:
-        if flush and self.flush is not None:
-            self.flush()
-        self.record["updated"] = time.time()
-        atomic.write_json(self.path, self.record)
+        """Best effort: a status file that cannot be written (disk full, folder gone) never stops the training nor
+        hides the error the run is ending with; the reader then shows the last one written."""
+        try:
+            if flush and self.flush is not None:
+                self.flush()
+            self.record["updated"] = time.time()
+            atomic.write_json(self.path, self.record)
+        except OSError:
+            self.unwritten += 1
 
 
 def ended(error: BaseException | None, step: int, total_steps: int) -> tuple[str, str]:
