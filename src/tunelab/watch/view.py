@@ -111,7 +111,6 @@ class FolderView:
                 "results": guarded("results", self.results)}
 
     def run(self, run: Path) -> dict:
-        name = run.name if run != self.root else self.root.name
         state = guarded(STATUS_FILE, lambda: read_run_state(run))
         state_value = state["value"]
         progress = None
@@ -119,7 +118,7 @@ class FolderView:
             progress = {"step": state_value.step, "total": state_value.total_steps, "fraction": state_value.fraction,
                         "images_per_s": state_value.images_per_s,
                         "eta": format_duration(state_value.eta_s) if state_value.eta_s is not None else None}
-        return {"name": name, "path": str(run), "state": state_value.state if state_value else "unknown",
+        return {"name": run.name, "path": str(run), "state": state_value.state if state_value else "unknown",
                 "reason": state_value.reason if state_value else state["error"], "progress": progress,
                 "curves": guarded("tensorboard", lambda: self.curves(run)),
                 "samples": guarded("samples", lambda: self.samples(run)),
@@ -132,7 +131,6 @@ class FolderView:
 
         def build():
             curves = read_run_curves(run)
-            curves.name = run.name
             return trend_section(curves, self.trend_window) if curves.scalars else None
         return self.cache.get(("curves", str(run), self.trend_window), events, build)
 
