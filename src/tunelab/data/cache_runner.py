@@ -28,13 +28,20 @@ from tunelab.data.shards import WorkShare
 from tunelab.errors import TunelabError, fail
 
 
+SHARE_WAIT_HOURS = 12  # the longest one process waits for the others (see process_share)
+
+
 def process_share():
     """(this process's WorkShare, its device) from torch.distributed as `accelerate launch` / `torchrun` set it up:
     one process without them."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU, as training does
+    # gloo on CPU, as training does. The timeout: a process whose share is done waits at the end for the others,
+    # and after a partial earlier build the shares left can differ by hours of encoding (torch's default: 30 min).
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=SHARE_WAIT_HOURS))
     return WorkShare(state.process_index, state.num_processes, state.wait_for_everyone), state.device
 
 
