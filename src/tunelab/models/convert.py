@@ -12,7 +12,8 @@ from tunelab.models.model_path import resolve_model_path
 
 def convert_model(src: str | Path, out: str | Path, *, to: str, dtype: str | None = None, allow_pickle: bool = False) -> Path:
     """Load `src`, write it as `to`. Without `dtype`, the output keeps the input's stored dtype (an fp16 file stays
-    fp16), although the model is loaded in fp32 in between (lossless for fp16/bf16 → fp32 → same)."""
+    fp16). The model is loaded in the output dtype (a full-size SDXL in fp32 would need 14 GB); a file of mixed
+    dtypes is loaded and written in fp32."""
     src, out = resolve_model_path(src), Path(out)
     if to not in ("diffusers", "single-file"):
         raise TunelabError(f"--to {to!r}: expected 'diffusers' or 'single-file'")
@@ -21,7 +22,7 @@ def convert_model(src: str | Path, out: str | Path, *, to: str, dtype: str | Non
         raise fail(out, "a single file must end in .safetensors")
     if out.resolve() == src.resolve():
         raise fail(out, "output is the input; write to a new path")
-    components = load_model(src, allow_pickle=allow_pickle)
+    components = load_model(src, dtype=target_dtype, allow_pickle=allow_pickle)
     return save_model(components, out, format=to, dtype=target_dtype)
 
 

@@ -189,7 +189,7 @@ def load_single_file(path: Path, *, dtype: torch.dtype, pickle: bool = False) ->
         return components_from_ldm(source, layout.architecture, layout.configs, dtype=dtype, source=str(path), path=path)
     with SafetensorsReader(path) as reader:
         layout = validated_layout(path, {k: reader.shape(k) for k in reader.keys()}, reader.metadata)
-        source = TensorSource({k: reader.shape(k) for k in reader.keys()}, reader.read,
+        source = TensorSource({k: reader.shape(k) for k in reader.keys()}, lambda key: reader.read(key, dtype),
                               sum(reader.nbytes(k) for k in reader.keys()), reader.nbytes)
         components = components_from_ldm(source, layout.architecture, layout.configs, dtype=dtype, source=str(path),
                                           path=path)
