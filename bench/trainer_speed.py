@@ -75,7 +75,8 @@ def bare_worker(args) -> None:
 
 
 def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}], n={len(values)}"
+    low, middle, high = (fmt.format(f(values)) for f in (min, statistics.median, max))
+    return f"{middle} [{low}-{high}], n={len(values)}"
 
 
 def main() -> None:

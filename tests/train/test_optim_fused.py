@@ -99,3 +99,31 @@ def test_unclipped_gradient_norm_measured_only_when_logged(tmp_path):
     assert [s for s, _ in sparse_norms] == [2, 4] and [s for s, _ in dense_norms] == [1, 2, 3, 4]
     assert sparse_norms == [(s, v) for s, v in dense_norms if s % 2 == 0]
     assert all(torch.equal(sparse[k], dense[k]) for k in dense)
+
+
+def test_clipping_inside_the_fused_step_equals_clipping_the_gradients():
+    """Clipping left to the fused kernel (one pass fewer) moves the weights as clipping the gradients does; the
+    kernel's divisor holds for one step only."""
+    from accelerate import Accelerator
+
+    from tunelab.train.loop import clip_gradients, clip_in_optimizer
+
+    accelerator = Accelerator(cpu=True)
+    runs = []
+    for inside in (True, False):
+        groups = parameter_groups()
+        params = [p for group in groups for p in group["params"]]
+        optimizer = build_optimizer(groups, OptimizerConfig(implementation="fused"))
+        g = torch.Generator().manual_seed(1)
+        for scale in (10.0, 0.01, 10.0):  # clipped, not clipped (norm < 1), clipped
+            for p in params:
+                p.grad = scale * torch.randn(p.shape, generator=g)
+            before = [p.grad.clone() for p in params]
+            norm = clip_gradients(accelerator, params, 1.0, optimizer if inside else None)
+            assert (norm > 1.0) == (scale > 1.0)
+            if inside:  # the gradients themselves are left alone
+                assert all(torch.equal(a, p.grad) for a, p in zip(before, params))
+            optimizer.step()
+            clip_in_optimizer(optimizer, None)
+        runs.append([p.detach().clone() for p in params])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(*runs))

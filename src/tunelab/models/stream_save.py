@@ -15,18 +15,16 @@ in memory whole."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from tunelab import atomic
 from tunelab.errors import fail
 from tunelab.models.components import ModelComponents
-from tunelab.models.safetensors_stream import NAMES, SafetensorsReader, tensor_bytes
+from tunelab.models.safetensors_stream import SafetensorsReader, tensor_bytes, write_safetensors
 
 TENSORS_FILE = {"transformers": "model.safetensors", "diffusers": "diffusion_pytorch_model.safetensors"}
 CHUNK_BYTES = 1 << 20  # small next to any model: the checkpoint adds ~nothing to the training peak
@@ -99,30 +97,6 @@ def file_chunks(leaf: Leaf, dtype: torch.dtype | None) -> Iterator[memoryview]:
         yield memoryview((values if target == stored else values.to(target)).view(torch.uint8).numpy())
 
 
-def write_planned_safetensors(target: Path, planned: Mapping[str, torch.Tensor],
-                              chunks: Callable[[str, torch.Tensor], Iterable[memoryview]],
-                              metadata: dict[str, str] | None, dtype: torch.dtype | None) -> None:
-    """A safetensors file of `planned` (meta tensors give only shape and dtype), floats cast to `dtype`; the bytes
-    of each come from `chunks(key, tensor)` when they are due."""
-    stored = lambda t: dtype if dtype is not None and t.is_floating_point() else t.dtype  # noqa: E731
-    header: dict[str, dict] = {}
-    offset = 0
-    for key, tensor in planned.items():
-        size = tensor.numel() * stored(tensor).itemsize
-        header[key] = {"dtype": NAMES[stored(tensor)], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
-    with atomic.atomic_path(target) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for key, tensor in planned.items():
-            for chunk in chunks(key, tensor):
-                f.write(chunk)
-
-
 def save_frozen_part(module: torch.nn.Module, folder: Path, source: Path, dtype: torch.dtype | None) -> None:
     """One part of a diffusers folder (config + weights), its weights copied tensor by tensor from `source`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,8 +107,8 @@ def save_frozen_part(module: torch.nn.Module, folder: Path, source: Path, dtype:
         module.save_config(folder)
     planned = module.state_dict()  # meta tensors under the keys the library writes
     with SafetensorsReader(source) as reader:
-        write_planned_safetensors(folder / TENSORS_FILE[kind], planned, lambda key, _: file_chunks((reader, key), dtype),
-                                  {"format": "pt"}, dtype)
+        write_safetensors(folder / TENSORS_FILE[kind], planned, {"format": "pt"}, dtype,
+                          chunks=lambda key, _: file_chunks((reader, key), dtype))
 
 
 def save_single_file_streamed(components: ModelComponents, path: Path, dtype: torch.dtype | None,
@@ -160,7 +134,7 @@ def save_single_file_streamed(components: ModelComponents, path: Path, dtype: to
                 return file_chunks(stored, dtype)
             return tensor_bytes([recipes.materialise(tensor, leaves)], dtype)
 
-        write_planned_safetensors(path, planned, chunks, metadata, dtype)
+        write_safetensors(path, planned, metadata, dtype, chunks=chunks)
     finally:
         for reader in readers.values():
             reader.close()

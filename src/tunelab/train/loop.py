@@ -89,7 +89,7 @@ def train(run: TrainingRun) -> Progress:
 
         # gradient norm (clipped when max_grad_norm > 0), NaN/inf guard, update
         parameters = [p for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = clip_gradients(accelerator, parameters, cfg.train.max_grad_norm) \
+        grad_norm = clip_gradients(accelerator, parameters, cfg.train.max_grad_norm, run.optimizer) \
             if gradient_norm_needed(cfg, progress.step + 1) else None  # else one pass over the gradients saved
         loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()  # mean over the global batch
         finite = torch.isfinite(torch.tensor([loss, 0.0 if grad_norm is None else grad_norm])).all().item() \
@@ -99,6 +99,7 @@ def train(run: TrainingRun) -> Progress:
             run.optimizer.step()
             if run.ema is not None:
                 run.ema.step(run.plan.parts["unet"].parameters())
+        clip_in_optimizer(run.optimizer, None)  # a clip left to the fused kernel applies to this step only
         run.lr_scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         progress.step, progress.epoch, progress.batch = progress.step + 1, position.epoch, position.batch
@@ -148,9 +149,10 @@ def synchronised(accelerator, wrapped_modules, sync: bool):
         yield
 
 
-def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: float, optimizer=None) -> float:
     """Total gradient norm, after scaling the gradients down to `max_norm` when it is exceeded (0 = never).
-    The gradients are only touched when clipping is needed (torch's clip_grad_norm_ always multiplies)."""
+    The gradients are only touched when clipping is needed (torch's clip_grad_norm_ always multiplies); with a
+    fused optimizer the scaling is done by its kernel in the pass it makes anyway (`clip_in_optimizer`)."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # sharded gradients
@@ -160,8 +162,20 @@ def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: 
     norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
     value = float(norm)
     if max_norm and value > max_norm:
-        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm, foreach=True)
+        scaler = getattr(accelerator, "scaler", None)  # fp16: the scaler owns the fused kernel's divisor
+        if scaler is not None or not clip_in_optimizer(optimizer, (value + 1e-6) / max_norm):
+            torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm, foreach=True)
     return value
+
+
+def clip_in_optimizer(optimizer, divisor: float | None) -> bool:
+    """Have a fused torch optimizer divide every gradient by `divisor` in its next step (its `grad_scale`, which
+    the GradScaler uses to unscale fp16 gradients; None clears it). False when the optimizer cannot."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper → the torch optimizer
+    if not (getattr(inner, "defaults", {}).get("fused") and hasattr(inner, "_step_supports_amp_scaling")):
+        return False
+    inner.grad_scale = None if divisor is None else torch.tensor(divisor)
+    return True
 
 
 def gradient_norm_needed(cfg: RunConfig, step: int) -> bool:
