@@ -12,6 +12,7 @@ then the tensors' bytes, little-endian, offsets relative to the end of the heade
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -28,8 +29,8 @@ DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
-MAX_HEADER_BYTES = 100_000_000
-CAST_CHUNK_BYTES = 16 * 2**20  # the library's own limit: a larger length field means a corrupt file
+MAX_HEADER_BYTES = 100_000_000  # the library's own limit: a larger length field means a corrupt file
+CAST_CHUNK_BYTES = 16 * 2**20
 
 
 class SafetensorsReader:
@@ -43,14 +44,14 @@ class SafetensorsReader:
             if length > MAX_HEADER_BYTES:
                 raise ValueError(f"header length {length}")
             header = json.loads(self.file.read(length))
-        except (struct.error, ValueError) as e:
+            self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            self.entries: dict[str, dict] = header
+            end = max((int(e["data_offsets"][1]) for e in self.entries.values()), default=0)
+        except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
             self.file.close()
             raise fail(self.path, f"not a valid .safetensors file (truncated or corrupt: {e})") from None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self.entries: dict[str, dict] = header
         self.data_start = 8 + length
         self.scratch: torch.Tensor | None = None
-        end = max((e["data_offsets"][1] for e in self.entries.values()), default=0)
         size = os.fstat(self.file.fileno()).st_size
         if self.data_start + end > size:  # checked before any tensor is read, as the library does
             self.file.close()
@@ -119,23 +120,27 @@ def write_safetensors(target: str | Path, tensors: dict[str, torch.Tensor], meta
     def stored_dtype(t: torch.Tensor) -> torch.dtype:
         return dtype if dtype is not None and t.is_floating_point() else t.dtype
 
+    encoded = encode_header({k: (stored_dtype(t), tuple(t.shape)) for k, t in tensors.items()}, metadata)
+    with atomic.atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(encoded)
+        for key, tensor in tensors.items():
+            for chunk in chunks(key, tensor) if chunks is not None else tensor_bytes([tensor], dtype):
+                f.write(chunk)
+
+
+def encode_header(layout: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None) -> bytes:
+    """Length field + JSON header of a file holding tensors of these (dtype, shape), stored in this order."""
     header: dict[str, dict] = {}
     offset = 0
-    for key, tensor in tensors.items():
-        size = tensor.numel() * stored_dtype(tensor).itemsize
-        header[key] = {"dtype": NAMES[stored_dtype(tensor)], "shape": list(tensor.shape),
-                       "data_offsets": [offset, offset + size]}
+    for key, (dtype, shape) in layout.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     if metadata:
         header["__metadata__"] = dict(metadata)
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    with atomic.atomic_path(target) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for key, tensor in tensors.items():
-            for chunk in chunks(key, tensor) if chunks is not None else tensor_bytes([tensor], dtype):
-                f.write(chunk)
+    return struct.pack("<Q", len(encoded)) + encoded
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None) -> Iterator[memoryview]:
