@@ -147,3 +147,28 @@ def test_missing_checkpoint_is_one_line_before_sampling(sdxl_models, tmp_path):
                      "--checkpoint", tmp_path / "nope.safetensors", "--out", tmp_path / "out")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "nope.safetensors" in result.stderr and not (tmp_path / "out" / "models").exists()
+
+
+def test_another_judge_identity_judges_the_saved_images_again_without_sampling(sdxl_models, tmp_path):
+    """Changed toy rules (or a retrained tagger, other thresholds): the folder is judged again from its images."""
+    from tunelab.toy.score_judge import ToyJudge
+
+    class EarlierRules(ToyJudge):
+        def identity(self) -> str:
+            return "toy rules 1"
+
+    probes = load_probes(sdxl_models / "probes.toml")
+    runs = plan_runs(sdxl_models / "base", [("ft", sdxl_models / "ft.safetensors")])
+    first = score_models(probes, EarlierRules(), runs, tmp_path, progress=False, log=lambda _: None)
+    images = sorted((tmp_path / "models").rglob("*.png"))
+    stamps = [p.stat().st_mtime_ns for p in images]
+    messages = []
+    again = score_models(probes, make_judge("toy"), runs, tmp_path, progress=False, log=messages.append)
+    assert [p.stat().st_mtime_ns for p in images] == stamps and sorted((tmp_path / "models").rglob("*.png")) == images
+    assert any(m.startswith("scoring ft") for m in messages) and not any(m.startswith("reused") for m in messages)
+    record = json.loads((tmp_path / "models" / "ft" / "judged.json").read_text())
+    assert record["judge_identity"] == make_judge("toy").identity() != "toy rules 1"
+    assert again["results"] == first["results"]  # the same rules under another name read the same images alike
+    third = []
+    score_models(probes, make_judge("toy"), runs, tmp_path, progress=False, log=third.append)
+    assert any(m.startswith("reused 2") for m in third)

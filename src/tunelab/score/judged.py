@@ -1,7 +1,8 @@
 """Sample every probe with one model, judge every image, and keep the per-image verdicts in `judged.json` beside the
 images (PNG with A1111 infotext). One folder per model, so an interrupted `tunelab score` resumes without sampling
 again the models it finished: a folder whose `judged.json` carries the same probes fingerprint, judge and model is
-reused as it is.
+reused as it is. When only the judge differs (another judge, a retrained tagger, changed thresholds or toy rules:
+`Judge.identity`), the saved images are judged again without sampling: they are the same (model, prompt, seed).
 
 Judging runs once per image (`Judge.read`), then every expectation is checked on every image (`Judge.verdict` is
 cheap): a concept's pass values come from its own images; a target's contamination from the images of every
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from tunelab import atomic
@@ -38,8 +40,9 @@ class JudgedModel:
     contamination: dict[str, dict[str, list[int]]]  # target → {"retain": 0/1 per retain image, "uncond": ...}
     seconds: dict[str, float]
 
-    def to_dict(self, fingerprint: str, judge: str) -> dict:
-        return {"fingerprint": fingerprint, "judge": judge, "label": self.label, "model": self.path,
+    def to_dict(self, fingerprint: str, judge: str, judge_identity: str) -> dict:
+        return {"fingerprint": fingerprint, "judge": judge, "judge_identity": judge_identity, "label": self.label,
+                "model": self.path,
                 "passed": self.passed, "score": self.score, "contamination": self.contamination,
                 "seconds": self.seconds}
 
@@ -65,17 +68,39 @@ def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._") or "concept"
 
 
-def load_finished(folder: Path, fingerprint: str, judge: str, model: str) -> JudgedModel | None:
+def _record(folder: Path, fingerprint: str, model: str) -> dict | None:
+    """`judged.json` when it is about these probes and this model (whatever the judge), else None."""
     record = folder / "judged.json"
     if not record.is_file():
         return None
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return None  # unreadable: judged again (written atomically, so only a foreign edit gets here)
-    if (data.get("fingerprint"), data.get("judge"), data.get("model")) != (fingerprint, judge, model):
+        return None  # unreadable: sampled again (written atomically, so only a foreign edit gets here)
+    if (data.get("fingerprint"), data.get("model")) != (fingerprint, model):
+        return None
+    return data
+
+
+def load_finished(folder: Path, fingerprint: str, judge: Judge, model: str) -> JudgedModel | None:
+    data = _record(folder, fingerprint, model)
+    if data is None or data.get("judge_identity") != judge.identity():
         return None
     return JudgedModel.from_dict(data)
+
+
+def saved_images(folder: Path, all_probes: list[Probe], fingerprint: str, model: str) -> list[Image.Image] | None:
+    """The images an earlier scoring of this model with these probes saved (judged by another judge), or None."""
+    if _record(folder, fingerprint, model) is None:
+        return None
+    paths = [image_path(folder, p) for p in all_probes]
+    if not all(p.is_file() for p in paths):
+        return None
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    return images
 
 
 def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str | Path, folder: Path, *,
@@ -87,19 +112,23 @@ def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str |
 
     all_probes = probes.all_probes()
     started = time.perf_counter()
-    model = load_model(model_path, dtype=dtype)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    engine = SamplingEngine(model, batch_size=batch_size, empty_prompt_as_zeros=probes.spec.empty_prompt_as_zeros,
-                            progress=progress)
-    requests = [request_for(p) for p in all_probes]
-    images = engine.render(requests)
-    del engine, model
-    gc.collect()
-    sampled = time.perf_counter()
-    name, short_hash = model_label(model_path), model_hash(model_path)
-    for probe, request, image in zip(all_probes, requests, images):
-        save_png_with_infotext(image, image_path(folder, probe), request.infotext(model=name, model_hash=short_hash))
+    images = saved_images(folder, all_probes, probes.fingerprint(), str(model_path))
+    if images is None:
+        model = load_model(model_path, dtype=dtype)
+        if torch.cuda.is_available():
+            model.to("cuda")
+        engine = SamplingEngine(model, batch_size=batch_size, empty_prompt_as_zeros=probes.spec.empty_prompt_as_zeros,
+                                progress=progress)
+        requests = [request_for(p) for p in all_probes]
+        images = engine.render(requests)
+        del engine, model
+        gc.collect()
+        sampled = time.perf_counter()
+        name, short_hash = model_label(model_path), model_hash(model_path)
+        for probe, request, image in zip(all_probes, requests, images):
+            save_png_with_infotext(image, image_path(folder, probe), request.infotext(model=name, model_hash=short_hash))
+    else:
+        sampled = time.perf_counter()  # judged again from its saved images: no sampling
     written = time.perf_counter()
 
     chunks = [images[k : k + JUDGE_CHUNK] for k in range(0, len(images), JUDGE_CHUNK)]
@@ -113,7 +142,7 @@ def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str |
     verdicts.label, verdicts.path = label, str(model_path)
     verdicts.seconds = {"load_and_sample": round(sampled - started, 3), "write_images": round(written - sampled, 3),
                         "judge": round(judged_at - written, 3), "images": len(images)}
-    atomic.write_json(folder / "judged.json", verdicts.to_dict(probes.fingerprint(), judge.name))
+    atomic.write_json(folder / "judged.json", verdicts.to_dict(probes.fingerprint(), judge.name, judge.identity()))
     return verdicts
 
 

@@ -93,7 +93,7 @@ def score_models(probes: Probes, judge: Judge, runs: list[ModelRun], out: str | 
     started = time.perf_counter()
     for run in runs:
         folder = out / "models" / run.folder_name
-        result = load_finished(folder, fingerprint, judge.name, str(run.path))
+        result = load_finished(folder, fingerprint, judge, str(run.path))
         if result is None:
             log(f"scoring {run.setting}" + (f" (seed {run.seed_index + 1}/{run.seeds_in_setting})"
                                             if run.seeds_in_setting > 1 else "") + f": {run.path}")

@@ -21,6 +21,9 @@ from tunelab.toy.concepts import CHARACTER_PARTS, CHARACTERS, COLOURS, LOCATIONS
 from tunelab.toy.draw import EYE_BOXES, SHIRT_BOX
 from tunelab.toy.shape_profile import classify_outline
 
+# Raised whenever a rule changes what an image is read as: score folders judged under older rules are judged again.
+RULES_VERSION = 2  # 2: shapes by outline profile
+
 FAMILIES = ("object", "colour", "shape", "location", "hair", "eyes", "shirt", "character", "style")
 
 PALETTE_NAMES = list(COLOURS)

@@ -10,11 +10,14 @@ import numpy as np
 from PIL import Image
 
 from tunelab.score.judges.base import Expectation, Judge, Judged
-from tunelab.toy.judge import FAMILIES, Judgement, judge
+from tunelab.toy.judge import FAMILIES, RULES_VERSION, Judgement, judge
 
 
 class ToyJudge(Judge):
     name = "toy"
+
+    def identity(self) -> str:
+        return f"toy rules {RULES_VERSION}"
 
     def check(self, expectation: Expectation) -> str | None:
         if not expectation.toy:

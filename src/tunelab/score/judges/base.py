@@ -9,7 +9,9 @@ contamination):
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -45,6 +47,11 @@ class Judged:
 class Judge(ABC):
     name: str = ""
 
+    def identity(self) -> str:
+        """Names what this judge would read from an image: the judge and its model's weights, thresholds or rules.
+        A score folder judged by another identity is judged again from its saved images."""
+        return self.name
+
     @abstractmethod
     def check(self, expectation: Expectation) -> str | None:
         """Why this judge cannot judge `expectation` (e.g. "no tags given"), or None when it can."""
@@ -59,3 +66,13 @@ class Judge(ABC):
 
     def judge(self, images: Sequence[Image.Image], expectation: Expectation) -> Judged:
         return self.verdict(self.read(images), expectation)
+
+
+def file_digest(*paths: Path) -> str:
+    """A short SHA-256 over the files' bytes (a judge's weights: a retrained tagger at the same path differs)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

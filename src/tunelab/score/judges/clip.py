@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tunelab.errors import TunelabError, fail
-from tunelab.score.judges.base import Expectation, Judge, Judged
+from tunelab.score.judges.base import Expectation, Judge, Judged, file_digest
 
 # Any one of these sets of files is a tokenizer transformers can read (hub CLIP folders ship both).
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -105,6 +105,9 @@ class ClipJudge(Judge):
         self._text_embeddings: dict[tuple[int, ...], np.ndarray] = {}
 
     # ---- the interface ---------------------------------------------------------------------------------------
+
+    def identity(self) -> str:
+        return f"clip {file_digest(*sorted(self.folder.glob('*.safetensors')))}"
 
     def check(self, expectation: Expectation) -> str | None:
         text = expectation.text

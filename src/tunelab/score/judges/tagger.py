@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tunelab.errors import TunelabError, fail
-from tunelab.score.judges.base import Expectation, Judge, Judged
+from tunelab.score.judges.base import Expectation, Judge, Judged, file_digest
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -147,10 +147,15 @@ class TaggerJudge(Judge):
             if not 0.0 <= value <= 1.0:
                 raise TunelabError(f"tagger threshold for {tag!r} {value}: must be in [0, 1]")
             self.thresholds[self._index[tag_key(tag)]] = value
+        self._threshold_settings = f"{general_threshold}/{character_threshold}/{sorted((tag_thresholds or {}).items())}"
         self.batch_size = batch_size
         self.progress = progress
         self.outputs_are_logits = False
         self._session = self._load_session(folder / MODEL_FILE, threads)
+
+    def identity(self) -> str:
+        return (f"tagger {file_digest(self.folder / MODEL_FILE, self.folder / TAGS_FILE)} thresholds "
+                f"{self._threshold_settings}")
 
     def _load_session(self, path: Path, threads: int):
         import onnxruntime
