@@ -73,7 +73,8 @@ def one_line_when_full(folder: Path, doing: str, intact: str, *, needed: int | N
         free = free_bytes(folder)
         if cleanup is not None:
             cleanup()
-        space = [f"{size_text(free)} free" if free is not None else "", f"about {size_text(needed)} needed" if needed else ""]
+        space = [f"{size_text(free)} free" if free is not None else "",
+                 f"about {size_text(needed)} needed" if needed else ""]
         space_text = ", ".join(s for s in space if s)
         raise TunelabError(f"{folder}: disk full while {doing}" + (f" ({space_text})" if space_text else "")
                            + f"; {intact}") from None

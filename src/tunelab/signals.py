@@ -23,11 +23,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(SystemExit):
-    """The run stopped on a signal; `str()` is the one line the CLI prints."""
+    """The run stopped on a signal; `str()` is the one line the CLI prints; `step`: the training step checkpointed."""
 
-    def __init__(self, signum: int, message: str):
+    def __init__(self, signum: int, message: str, *, step: int | None = None):
         super().__init__(128 + signum)
-        self.signum, self.message = signum, message
+        self.signum, self.message, self.step = signum, message, step
 
     def __str__(self) -> str:
         return self.message

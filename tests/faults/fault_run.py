@@ -1,7 +1,7 @@
 """Run one `tunelab` command (the real CLI: `tunelab.cli.main`) in this process, hurt at a seeded moment:
 
-    python fault_run.py [--kill-at-step N | --signal-at-step SIG:N[:COUNT] | --kill-at-write DIR:N | --kill-at-delete DIR:N]
-                        -- <tunelab arguments>
+    python fault_run.py [--kill-at-step N | --signal-at-step SIG:N[:COUNT] | --kill-at-write DIR:N
+                         | --kill-at-delete DIR:N] -- <tunelab arguments>
 
 --kill-at-step N          SIGKILL inside training micro-batch N's loss (1-based, counted over this process)
 --signal-at-step SIG:N    send SIG (INT / TERM) to this process there, COUNT times (a second one aborts at once)

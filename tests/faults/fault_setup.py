@@ -5,11 +5,13 @@ fault_run.py as a real process."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -49,14 +51,17 @@ histogram_every_n_steps = 0
 """
 
 
-@pytest.fixture(scope="session")
-def tiny_model_folder(tmp_path_factory) -> Path:
+def save_tiny_model(folder: Path) -> Path:
     from tunelab.models.io import save_model
 
-    folder = tmp_path_factory.mktemp("tiny-model") / "model"
     torch.manual_seed(0)
     save_model(small_sdxl(), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 
 
 LATENTS = "{ latents = true, shard_items = 4 }"
@@ -70,20 +75,23 @@ def write_run(root: Path, model: Path, *, name: str = "run", output_dir: str = "
     return config
 
 
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory, tiny_model_folder) -> Path:
-    """A folder with images/ (12 toy-world images), index.sqlite and cache/latents, built by the real stages."""
+def build_toy_data(root: Path, model: Path) -> Path:
+    """images/ (12 toy-world images), index.sqlite and cache/latents under `root`, built by the real stages."""
     from tunelab.data.cache_runner import build_caches
     from tunelab.data.config import load_data_config
     from tunelab.data.prepare import prepare_dataset
     from tunelab.toy.world import write_dataset
 
-    root = tmp_path_factory.mktemp("toy-data")
     write_dataset(root / "images", "finetune", count=12, seed=0)
-    config = write_run(root, tiny_model_folder)
+    config = write_run(root, model)
     prepare_dataset(load_data_config(config), progress=False)
     build_caches(config, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory, tiny_model_folder) -> Path:
+    return build_toy_data(tmp_path_factory.mktemp("toy-data"), tiny_model_folder)
 
 
 def copy_data(toy_data: Path, root: Path) -> Path:
@@ -155,14 +163,15 @@ def resize_filesystem(folder: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
 
 
-def tunelab_here(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str]:
-    """`tunelab ARGS` through the CLI's own entry point (`main`: exit codes, one-line errors) in this process."""
+def tunelab_here(cwd: Path, *args: str) -> tuple[int, str]:
+    """`tunelab ARGS` through the CLI's own entry point (`main`: exit codes, one-line errors) in this process, run
+    from `cwd`: (exit code, stdout and stderr)."""
     from tunelab.cli import main
 
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["tunelab", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
+    output = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(output), redirect_stderr(output):
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", ["tunelab", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+    return exited.value.code, output.getvalue()

@@ -17,8 +17,7 @@ BOTH = '{ dir = "cache2", latents = true, text_embeddings = true, shard_items = 
 
 
 def test_partial_cache_is_reported_refused_by_train_then_finished_bit_identical(tmp_path, toy_data,
-                                                                                 tiny_model_folder, monkeypatch,
-                                                                                 capsys):
+                                                                                 tiny_model_folder):
     root = copy_data(toy_data, tmp_path)
     config = str(write_run(root, tiny_model_folder, cache=BOTH))
     event = random.Random(2).randint(5, 8)  # a shard is 4 file events: temp created, written, synced, renamed
@@ -26,16 +25,16 @@ def test_partial_cache_is_reported_refused_by_train_then_finished_bit_identical(
                                fault=("--kill-at-write", f"{root}/cache2/latents:{event}"))
     assert code == -signal.SIGKILL and f"killed at write event {event}" in output, output
 
-    code, output = tunelab_here(monkeypatch, capsys, root, "cache", config, "--verify")
+    code, output = tunelab_here(root, "cache", config, "--verify")
     assert code == 1, output
     assert "latents: incomplete (4 of 12 items cached, 8 missing)" in output and "text: not built" in output
-    code, output = tunelab_here(monkeypatch, capsys, root, "train", config)  # refused before step 1
+    code, output = tunelab_here(root, "train", config)  # refused before step 1
     assert_one_line_error(code, output, "cache incomplete", "latents: incomplete (4 of 12", "text: not built")
     assert not (root / "run").exists()
 
-    code, output = tunelab_here(monkeypatch, capsys, root, "cache", config, "--quiet")  # continues where it stopped
+    code, output = tunelab_here(root, "cache", config, "--quiet")  # continues where it stopped
     assert code == 0 and "latents: 12 items, 8 computed, 4 already cached" in output, output
-    code, output = tunelab_here(monkeypatch, capsys, root, "cache", config, "--verify")
+    code, output = tunelab_here(root, "cache", config, "--verify")
     assert code == 0 and "latents: ok (all 12 items cached)" in output and "text: ok (all 12" in output, output
     with DatasetIndex.open_existing(root / "index.sqlite") as index:  # = the uninterrupted build, bit for bit
         items = list(index.iter_items(split=None))
@@ -45,7 +44,7 @@ def test_partial_cache_is_reported_refused_by_train_then_finished_bit_identical(
 
     shard = sorted((root / "cache2/latents").glob("shard-*"))[0]  # damaged: --repair drops it, says what to redo
     shard.write_bytes(shard.read_bytes()[:100])
-    code, output = tunelab_here(monkeypatch, capsys, root, "cache", config, "--repair")
+    code, output = tunelab_here(root, "cache", config, "--repair")
     assert code == 0 and "to recompute: latents 4 items" in output, output
-    code, output = tunelab_here(monkeypatch, capsys, root, "cache", config, "--verify")
+    code, output = tunelab_here(root, "cache", config, "--verify")
     assert code == 1 and "latents: incomplete (8 of 12 items cached, 4 missing)" in output, output

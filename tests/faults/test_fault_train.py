@@ -10,15 +10,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fault_setup import copy_data, finish, launch, same_training_state, write_run
+from fault_setup import copy_data, finish, launch, same_training_state, tunelab_here, write_run
 
 STEPS = 6  # checkpoints every 2 steps, keep_last = 1: each save from step 4 on prunes the one before
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, toy_data, tiny_model_folder) -> Path:
+    """The uninterrupted run, in this process (only the hurt runs need their own). The tests ask for it once their
+    hurt runs are started, so that it trains while they do."""
     root = copy_data(toy_data, tmp_path_factory.mktemp("straight"))
-    code, output = finish(launch(root, "train", str(write_run(root, tiny_model_folder, steps=STEPS))))
+    code, output = tunelab_here(root, "train", str(write_run(root, tiny_model_folder, steps=STEPS)))
     assert code == 0, output
     return root / "run/checkpoints" / f"step-{STEPS:06d}"
 
@@ -29,16 +31,16 @@ def start(tmp_path: Path, toy_data: Path, model: Path, name: str, *fault: str) -
     return root, launch(root, "train", str(config), fault=tuple(arg.replace("ROOT", str(root)) for arg in fault))
 
 
-def resume(root: Path) -> subprocess.Popen:
-    return launch(root, "train", "run.toml", "--resume", "latest")
+def resume(root: Path) -> tuple[int, str]:
+    return tunelab_here(root, "train", "run.toml", "--resume", "latest")
 
 
 def checkpoint_files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_kill_while_pruning_or_writing_a_checkpoint_then_resume_is_bit_identical(tmp_path, toy_data,
-                                                                                  tiny_model_folder, straight):
+def test_kill_while_pruning_or_writing_a_checkpoint_then_resume_is_bit_identical(tmp_path, toy_data, tiny_model_folder,
+                                                                                  request):
     """Defect 1: a kill inside pruning left step-000002 with 3 of its 20 files under its real name."""
     rng = random.Random(14)
     prune_event, write_event = rng.randint(1, 12), rng.randint(1, 20)
@@ -46,6 +48,7 @@ def test_kill_while_pruning_or_writing_a_checkpoint_then_resume_is_bit_identical
                            "--kill-at-delete", f"ROOT/run/checkpoints:{prune_event}"),
             "write": start(tmp_path, toy_data, tiny_model_folder, "write",
                            "--kill-at-write", f"ROOT/run/checkpoints/.step-000004.tmp:{write_event}")}
+    straight = request.getfixturevalue("straight")
     whole = checkpoint_files(straight)
     for name, (root, process) in runs.items():
         code, output = finish(process)
@@ -54,9 +57,8 @@ def test_kill_while_pruning_or_writing_a_checkpoint_then_resume_is_bit_identical
         # whatever a kill interrupts, every folder under a step name is a whole checkpoint
         for folder in (root / "run/checkpoints").glob("step-*"):
             assert checkpoint_files(folder) == whole, (name, folder.name)
-    resumed = {name: resume(root) for name, (root, _) in runs.items()}
-    for name, process in resumed.items():
-        code, output = finish(process)
+    for name, (root, _) in runs.items():
+        code, output = resume(root)
         assert code == 0, output
         checkpoints = runs[name][0] / "run/checkpoints"
         leftover = ".step-000002.deleting" if name == "prune" else ".step-000004.tmp"
@@ -66,13 +68,14 @@ def test_kill_while_pruning_or_writing_a_checkpoint_then_resume_is_bit_identical
 
 
 def test_sigterm_and_sigint_stop_after_the_step_with_a_checkpoint_then_resume_is_bit_identical(
-        tmp_path, toy_data, tiny_model_folder, straight):
+        tmp_path, toy_data, tiny_model_folder, request):
     """Defect 5: Ctrl-C exited 130 with no message and no save; SIGTERM died at once, losing every step since the
     last checkpoint. Now: the step finishes, a checkpoint with training state is written, one line, 130 / 143.
     SIGTERM lands inside step 3 (between checkpoints: one is written for it), SIGINT inside step 4 (a checkpoint
     step: it is not written twice)."""
     runs = {"TERM": start(tmp_path, toy_data, tiny_model_folder, "term", "--signal-at-step", "TERM:3"),
             "INT": start(tmp_path, toy_data, tiny_model_folder, "int", "--signal-at-step", "INT:4")}
+    straight = request.getfixturevalue("straight")
     for name, (root, process) in runs.items():
         code, output = finish(process)
         step = 3 if name == "TERM" else 4
@@ -82,9 +85,8 @@ def test_sigterm_and_sigint_stop_after_the_step_with_a_checkpoint_then_resume_is
         checkpoints = root / "run/checkpoints"
         assert sorted(p.name for p in checkpoints.iterdir()) == [f"step-{step:06d}"]  # keep_last = 1, no temp
         assert (checkpoints / f"step-{step:06d}/state/optimizer.pt").is_file()
-    resumed = {name: resume(root) for name, (root, _) in runs.items()}
-    for name, process in resumed.items():
-        code, output = finish(process)
+    for name, (root, _) in runs.items():
+        code, output = resume(root)
         assert code == 0, output
         assert same_training_state(straight, runs[name][0] / f"run/checkpoints/step-{STEPS:06d}") == [], name
 

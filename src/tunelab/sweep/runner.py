@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError, fail
+from tunelab.signals import Interrupted
 from tunelab.sweep.config import Sweep, Variant
 from tunelab.sweep.record import SweepRecord
 from tunelab.train.checkpoint import checkpoint_dir, find_checkpoint
@@ -143,6 +144,11 @@ def train_variant(variant: Variant, record: SweepRecord, position: str) -> None:
     except KeyboardInterrupt:
         record.update(name, status="interrupted", reason="interrupted (Ctrl-C); a re-run resumes it")
         raise
+    except Interrupted as stop:  # SIGINT / SIGTERM (tunelab.signals): the variant checkpointed where it stopped
+        record.update(name, status="interrupted", reason=f"{stop}; a re-run of the sweep resumes it")
+        saved = f" at step {stop.step}; checkpoint saved" if stop.step is not None else ""
+        raise Interrupted(stop.signum, f"sweep interrupted in {name}{saved}; run the same sweep again to resume") \
+            from None
     except Exception as error:  # noqa: BLE001 - one variant's failure must not cost the others
         if not isinstance(error, TunelabError):
             traceback.print_exc(file=sys.stderr)

@@ -117,11 +117,12 @@ def writing_checkpoint(output_dir: Path, step: int):
     from tunelab.disk_full import folder_bytes, one_line_when_full
 
     target = checkpoint_dir(output_dir, step)
+    tmp = target.with_name(f".{target.name}.tmp")
     earlier = sorted(p for p in target.parent.glob("step-*") if p.name < target.name)
     intact = f"the previous checkpoint {earlier[-1].name} is intact" if earlier else "no earlier checkpoint to keep"
     return one_line_when_full(target.parent, f"writing checkpoint {target.name}", intact,
                               needed=folder_bytes(earlier[-1]) if earlier else None,
-                              cleanup=lambda: shutil.rmtree(target.with_name(f".{target.name}.tmp"), ignore_errors=True))
+                              cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 
 def find_checkpoint(output_dir: Path, resume: str | Path) -> Path:

@@ -209,7 +209,7 @@ def stop_on_signal(run: TrainingRun, bar, saved: bool) -> None:
     bar.close()
     run.logger.close()
     raise signals.Interrupted(signum, f"interrupted at step {run.progress.step}; checkpoint saved; resume with "
-                                      "--resume latest")
+                                      "--resume latest", step=run.progress.step)
 
 
 def save(run: TrainingRun, *, save_state: bool | None = None) -> None:
