@@ -1,5 +1,6 @@
 """train.compile (issue 16): the compiled UNet trains like the eager one — same loss curve within 1e-4 over 20 steps,
-here together with gradient checkpointing and EMA — and the compile time is logged and recorded in run.json.
+here together with gradient checkpointing, EMA and a checkpoint at step 10 (which must not make it compile again) —
+and the compile time is logged and recorded in run.json.
 
 The aot_eager backend (dynamo capture + AOTAutograd's forward/backward graphs, no code generation): inductor's C++
 code generation took 385 s cold for this tiny UNet on this 2-core machine (bench/train_step.py measures it)."""
@@ -20,8 +21,8 @@ STEPS = 20
 def train(output_dir, **train_options):
     config = RunConfig.model_validate(base_config(
         output_dir, train={"max_steps": STEPS, "gradient_checkpointing": True, "ema_decay": 0.9, **train_options},
-        unet={"learning_rate": 3e-4}, text_encoder={"mode": "off"}, checkpoint={"save_state": False},
-        logging={"tensorboard": True, "histogram_every_n_steps": 0}))
+        unet={"learning_rate": 3e-4}, text_encoder={"mode": "off"},
+        checkpoint={"every_n_steps": 10, "save_state": False}, logging={"tensorboard": True, "histogram_every_n_steps": 0}))
     components = small_sdxl()
     batches = InMemoryBatches(tiny_items(), batch_size=config.train.batch_size, seed=config.train.seed)
     run_training(config, components=components, batches=batches)
@@ -47,6 +48,8 @@ def test_compiled_training_follows_the_eager_loss_curve(tmp_path):
 
     record = json.loads((tmp_path / "compiled" / "run.json").read_text())
     assert record["compile_seconds"] > 0
+    # compiled once, in step 1: the checkpoint at step 10 did not invalidate the compiled code
+    assert [s for s, _ in compiled_scalars["compile_seconds"]] == [1]
     assert compiled_scalars["compile_seconds"][-1][1] == pytest.approx(record["compile_seconds"])  # float32
     assert "compile_seconds" not in json.loads((tmp_path / "eager" / "run.json").read_text())
     assert "compile_seconds" not in eager_scalars
