@@ -20,9 +20,11 @@ STEPS = 20
 
 def train(output_dir, **train_options):
     config = RunConfig.model_validate(base_config(
-        output_dir, train={"max_steps": STEPS, "gradient_checkpointing": True, "ema_decay": 0.9, **train_options},
+        output_dir,
+        train={"max_steps": STEPS, "gradient_checkpointing": True, "ema_decay": 0.9, **train_options},
         unet={"learning_rate": 3e-4}, text_encoder={"mode": "off"},
-        checkpoint={"every_n_steps": 10, "save_state": False}, logging={"tensorboard": True, "histogram_every_n_steps": 0}))
+        checkpoint={"every_n_steps": 10, "save_state": False},
+        logging={"tensorboard": True, "histogram_every_n_steps": 0}))
     components = small_sdxl()
     batches = InMemoryBatches(tiny_items(), batch_size=config.train.batch_size, seed=config.train.seed)
     run_training(config, components=components, batches=batches)
