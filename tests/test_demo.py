@@ -11,7 +11,7 @@ from tunelab.demo import run_demo
 from write_audit import audited_writes
 
 
-def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
+def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path, capsys):
     with audited_writes(tmp_path) as audit:  # every file it writes reaches its name by a rename (tests/write_audit.py)
         report = run_demo(tmp_path, settings=("te-off",), steps=3, batch_size=8, images=16, samples_per_prompt=2,
                           quick=True)
@@ -54,6 +54,23 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
     html = (tmp_path / "report.html").read_text()  # every section found: findings, scoreboard, validation, curves, grid
     assert "Not in this folder" not in html and "run-te-off/step-000003" in html and "cells/z0_y5_x1.png" in html
     assert html.index("<h2>Findings</h2>") < html.index("<h2>Concepts learned and kept</h2>")
+
+    # the same demo into the same folder trains and samples nothing again; another step count replaces the run
+    final = tmp_path / "run-te-off" / "checkpoints" / "step-000003"
+    stamp = (final / "model" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    again = run_demo(tmp_path, settings=("te-off",), steps=3, batch_size=8, images=16, samples_per_prompt=2, quick=True)
+    assert f"already trained: {final}" in capsys.readouterr().out
+    assert (final / "model" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+    assert again["scoreboard"]["reused"] == ["base", "te-off"]
+    assert json.loads((tmp_path / "score" / "scoreboard.json").read_text())["results"] == board["results"]
+    from tunelab.demo import train_or_reuse
+    from tunelab.train.config import load_run_config
+
+    longer = load_run_config(tmp_path / "te-off.toml").model_copy(deep=True)
+    longer.train.max_steps = 4
+    assert train_or_reuse(longer, 4) == tmp_path / "run-te-off" / "checkpoints" / "step-000004" / "model"
+    assert "replacing it: " in capsys.readouterr().out and not final.exists()
 
 
 def noise_rate(board: dict):

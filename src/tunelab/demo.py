@@ -164,6 +164,30 @@ DEMO_SETTINGS = {s.name: s for s in (ToySetting("te-off", "off"), ToySetting("te
                                       ToySetting("te-only", "only"), ToySetting("te-on-sdxl-71", "on", "sdxl-71"))}
 
 
+def train_or_reuse(run, steps: int) -> Path:
+    """Train one demo run (a RunConfig), or reuse it when its folder already holds this very run finished (a re-run
+    of the demo into the same folder trains nothing again), or resume it when it was interrupted. A folder holding
+    another run (other steps, learning rate, …) is replaced: the demo owns its folder. → the final checkpoint."""
+    from tunelab.sweep.runner import config_conflict, resume_point
+    from tunelab.train.recipe import run_training
+    from tunelab.train.run_folder import check_run_folder
+
+    output = Path(run.train.output_dir)
+    final = output / "checkpoints" / f"step-{steps:06d}" / "model"
+    conflict = config_conflict(run)
+    if conflict:
+        print(f"      replacing it: {conflict}")
+        check_run_folder(run, resume=None, overwrite=True)
+    elif final.is_dir():
+        print(f"      already trained: {final.parent}")
+        return final
+    resume = None if conflict else resume_point(run)
+    if resume is not None:
+        print(f"      resuming from {resume.name}")
+    run_training(run, resume="latest" if resume is not None else None)
+    return final
+
+
 def run_demo(out: Path, *, settings: tuple[str, ...] = tuple(DEMO_SETTINGS), seeds: int = 1, steps: int = 300,
              batch_size: int = 16, learning_rate: float = DEMO_LEARNING_RATE,
              text_encoder_learning_rate: float | None = None, images: int = 48, samples_per_prompt: int = 16,
@@ -181,7 +205,6 @@ def run_demo(out: Path, *, settings: tuple[str, ...] = tuple(DEMO_SETTINGS), see
     from tunelab.toy.findings import format_findings, write_findings
     from tunelab.toy.world import write_dataset
     from tunelab.train.config import load_run_config
-    from tunelab.train.recipe import run_training
     from tunelab.validate.run import format_table, validate_checkpoints
 
     unknown = [name for name in settings if name not in DEMO_SETTINGS]
@@ -230,9 +253,7 @@ def run_demo(out: Path, *, settings: tuple[str, ...] = tuple(DEMO_SETTINGS), see
             part = "" if setting.unet_preset == "full" else f", UNet preset {setting.unet_preset}"
             print(f"[3/6] finetune {name} (text encoders {setting.mode}{part}), training seed {seed}: {steps} steps, "
                   f"batch {batch_size}, lr {learning_rate:g}")
-            run = load_run_config(config)
-            run_training(run)
-            checkpoints.setdefault(name, []).append(Path(run.train.output_dir) / "checkpoints" / f"step-{steps:06d}" / "model")
+            checkpoints.setdefault(name, []).append(train_or_reuse(load_run_config(config), steps))
     lap("train")
 
     print(f"[4/6] measure: {samples_per_prompt} judged samples per probe prompt (same seeds for every model), "
