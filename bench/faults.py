@@ -75,6 +75,8 @@ def one_kill(n: int, phase: str, fault: tuple[str, ...], work: Path, data: Path,
     command = ("cache", config, "--quiet") if phase == "cache" else ("train", config)
     code, output = finish(launch(root, *command, fault=tuple(a.replace("ROOT", str(root)) for a in fault)))
     landed = next((line.removeprefix("killed ") for line in output.splitlines() if line.startswith("killed ")), None)
+    if landed and phase == "checkpoint":  # which checkpoint's temp folder the event was in
+        landed = f"{Path(fault[1].rsplit(':', 1)[0]).name}: {landed}"
     row = {"n": n, "phase": phase, "killed": code == -signal.SIGKILL, "where": landed or f"not reached (exit {code})"}
     if phase == "cache":
         code, output = finish(launch(root, "cache", config, "--quiet"))
