@@ -4,9 +4,10 @@ runs it here.
 Plain data parallel (DDP: `distributed_type: MULTI_GPU`, or `--multi_gpu` on CPU with gloo) is what tunelab trains
 and checkpoints. FSDP and DeepSpeed are refused, each with its reason, instead of running something else:
 - without a GPU, accelerate (1.x) never selects them: it reads the request and trains plain replicated copies;
-- on GPUs, a sharded run needs its model and optimizer prepared in one call and checkpoints written per shard and
-  merged into one file; tunelab's checkpoints are written from whole modules on the main process, which a sharded
-  run does not have. Until that path exists (see docs/MULTI_NODE.md), the request stops the run before any step."""
+- on GPUs, a sharded run needs its model and optimizer prepared in one call and its checkpoints written per shard
+  (`sharded_checkpoint.py` does that part, tested with torch's FSDP 2 on CPU); the trainer's checkpoints are still
+  written from whole modules on the main process, which a sharded run does not have. Until the trainer uses the
+  sharded path (see docs/MULTI_NODE.md), the request stops the run before any step."""
 
 from __future__ import annotations
 
@@ -32,5 +33,5 @@ def refuse_unsupported_engine(has_gpu: bool) -> None:
     if not has_gpu:
         raise TunelabError(f"the accelerate config asks for {engine}, which accelerate runs only on GPUs: here it "
                            "would train unsharded copies of the model instead; launch with --multi_gpu (gloo) on CPU")  # fmt: skip
-    raise TunelabError(f"the accelerate config asks for {engine}: tunelab does not write or resume sharded checkpoints "
-                       "yet; use a DDP config (examples/accelerate/ddp_1node_8gpu.yaml; see docs/MULTI_NODE.md)")  # fmt: skip
+    raise TunelabError(f"the accelerate config asks for {engine}: the trainer does not write or resume sharded "
+                       "checkpoints yet; use a DDP config (examples/accelerate/ddp_1node_8gpu.yaml; see docs/MULTI_NODE.md)")  # fmt: skip

@@ -1,0 +1,65 @@
+"""Training state of a sharded run (FSDP 2: every trained parameter is a DTensor, each process holds a shard of it):
+saved shard by shard, resumed exactly, and merged into one safetensors file afterwards.
+
+Format: torch.distributed.checkpoint (DCP), as accelerate's FSDP `save_state` writes it: one `__<rank>_0.distcp`
+file per process and a `.metadata` file, under `folder`. What is in it: {"model": the trained modules' weights,
+keyed "<part>.<name>" (e.g. "unet.conv_in.weight"), "optimizer": the optimizer state keyed by those names}, so a
+run resumes with any number of processes (DCP reshards on load), and the merged file needs no process group.
+
+Every call but `merge_to_single_file` is collective: all processes call it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tunelab import atomic
+
+MODEL, OPTIMIZER = "model", "optimizer"
+
+
+def _state(parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> tuple[torch.nn.Module, dict]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    container = torch.nn.ModuleDict(parts)  # one module over every trained part: one key space for the optimizer
+    model_state, optimizer_state = get_state_dict(container, optimizer)
+    return container, {MODEL: model_state, OPTIMIZER: optimizer_state}
+
+
+def save_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
+    """Each process writes its shards of `parts`' weights and of the optimizer state into `folder` (which the
+    caller renames into place when every process is done, as for any checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+
+    _, state = _state(parts, optimizer)
+    dcp.save(state, checkpoint_id=str(folder))
+
+
+def load_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
+    """Restore `parts`' weights and the optimizer state saved by `save_sharded`, in place (sharded as `parts` are
+    now: the number of processes may differ from the saving run's)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    container, state = _state(parts, optimizer)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(container, optimizer, model_state_dict=state[MODEL], optim_state_dict=state[OPTIMIZER])
+
+
+def merged_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The full weights of a sharded checkpoint, read in this one process: {"<part>.<name>": tensor}."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        whole = Path(tmp) / "whole.pt"
+        dcp_to_torch_save(str(folder), str(whole))  # the public way to read DCP without a process group
+        state = torch.load(whole, map_location="cpu", weights_only=True)
+    return {name: tensor.contiguous() for name, tensor in state[MODEL].items()}
+
+
+def merge_to_single_file(folder: Path, out: Path) -> Path:
+    """Write the full weights of a sharded checkpoint to one safetensors file (atomically)."""
+    atomic.save_safetensors(out, merged_weights(Path(folder)))
+    return out
