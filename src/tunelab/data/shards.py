@@ -156,8 +156,9 @@ class ShardStore:
         self._drop_if_unreferenced(replaced)
 
     def adopt_pending(self) -> list[str]:
-        """Catalogue every finished shard that has a pending file (in name order: a later computation of an item
-        replaces an earlier one); a pending file from other settings, or without its shard, is deleted."""
+        """Catalogue every finished shard that has a pending file; a pending file from other settings, or without
+        its shard, is deleted. (The writers of one build hold disjoint items, and an earlier build's pending shards
+        are taken in before the next build writes: no two pending shards hold the same item.)"""
         adopted = []
         for pending in sorted(self.folder.glob("shard-*" + PENDING)):
             shard = pending.with_name(pending.name.removesuffix(PENDING))
