@@ -174,22 +174,25 @@ def optimizer_state_bytes(kind: str, shape: tuple[int, ...], param_bytes: int) -
         if numel < BNB_MIN_8BIT_SIZE:
             return 2 * numel * 4
         return 2 * numel + 2 * math.ceil(numel / BNB_BLOCK) * 4
-    if kind == "adafactor":  # transformers' Adafactor, beta1 None: factored second moment for ≥ 2-D parameters
+    if kind == "adafactor":  # transformers' Adafactor, beta1 None: factored second moment for ≥ 2-D parameters,
+        # in fp32 whatever the parameter's dtype (its states follow the gradient, upcast first)
         if len(shape) >= 2:
-            return (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) * param_bytes
-        return numel * param_bytes
+            return (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) * 4
+        return numel * 4
     raise ValueError(f"unknown optimizer {kind!r}")
 
 
-def optimizer_estimate(kind: str, shapes: list[tuple[int, ...]], param_bytes: int) -> tuple[MemoryPart, int]:
+def optimizer_estimate(kind: str, shapes: list[tuple[int, ...]], param_bytes: int,
+                       implementation: str = "auto") -> tuple[MemoryPart, int]:
     """(states, step temporaries). Adafactor upcasts each 16-bit parameter and its gradient to fp32 during its
-    update; a foreach AdamW (the CUDA default) makes temporaries the size of the states of one parameter group."""
+    update; a foreach AdamW makes temporaries the size of one state of a whole group (fused / per-parameter loop:
+    about one parameter's)."""
     states = sum(optimizer_state_bytes(kind, s, param_bytes) for s in shapes)
     largest = max((math.prod(s) for s in shapes), default=0)
     notes = {"adamw": "2 states per parameter", "adamw8bit": "2 x 8-bit states per parameter + block scales",
-             "adafactor": "factored second moments", "lion": "1 state per parameter"}
-    extra = 3 * largest * 4 if kind == "adafactor" else largest * param_bytes * 2
-    if kind == "adamw" and torch.cuda.is_available():
+             "adafactor": "factored second moments, fp32", "lion": "1 state per parameter"}
+    extra = 4 * largest * 4 if kind == "adafactor" else largest * param_bytes * 2  # fp32 gradient, weight, update
+    if kind == "adamw" and implementation == "foreach":
         extra = states // 2
     return MemoryPart(kind, states, notes[kind]), extra
 
@@ -388,7 +391,8 @@ def estimate_memory(components: ModelComponents, plan: TrainablePlan, config: Ru
                                "latents not cached: ~3 feature maps at full resolution"))
     shapes = [tuple(p.shape) for part in plan.parts.values() for p in part.parameters()]
     gradients = sum(math.prod(s) for s in shapes) * weight_bytes
-    optimizers = {kind: optimizer_estimate(kind, shapes, weight_bytes) for kind in OPTIMIZERS}
+    implementation = getattr(config.optimizer, "implementation", "auto")
+    optimizers = {kind: optimizer_estimate(kind, shapes, weight_bytes, implementation) for kind in OPTIMIZERS}
     timeline = activation_timeline(components, plan, config, resolution // vae_factor(components), batch)
     working = 2 * timeline.largest  # the gradients flowing into and out of the op being differentiated
     return MemoryEstimate(
