@@ -248,6 +248,7 @@ def train(
 ) -> None:
     """Fine-tune a model: text encoders off / on / only, all or part of the UNet, exact resume, accelerate launch.
     A folder that already holds a run is refused unless --resume continues it or --overwrite replaces it."""
+    from tunelab.train.checkpoint import remove_leftovers
     from tunelab.train.config import load_run_config, require_model_path
     from tunelab.train.recipe import dry_run as trainable_report
     from tunelab.train.recipe import run_training
@@ -259,7 +260,9 @@ def train(
         typer.echo(trainable_report(run_config))
         return
     finished = check_run_folder(run_config, resume=resume, overwrite=overwrite)
-    if finished:
+    if finished:  # nothing to train; still clear what a kill during its last save or pruning left (the loop would)
+        for line in remove_leftovers(run_config.train.output_dir):
+            typer.echo(line, err=True)
         typer.echo(finished)
         return
     run_training(run_config, resume=resume)

@@ -91,6 +91,17 @@ def test_sigterm_and_sigint_stop_after_the_step_with_a_checkpoint_then_resume_is
         assert same_training_state(straight, runs[name][0] / f"run/checkpoints/step-{STEPS:06d}") == [], name
 
 
+def test_resuming_a_finished_run_clears_what_a_kill_in_its_last_pruning_left(straight):
+    """Found by bench/faults.py: a kill while the final checkpoint's save pruned the one before left
+    `.step-000004.deleting`; `--resume latest` then said "already finished" and left it there."""
+    root = straight.parents[2]
+    leftover = root / "run/checkpoints/.step-000004.deleting"
+    (leftover / "model").mkdir(parents=True)
+    code, output = tunelab_here(root, "train", "run.toml", "--resume", "latest")
+    assert code == 0 and "already finished" in output, output
+    assert f"removed {leftover}: a half-deleted checkpoint" in output and not leftover.exists()
+
+
 def test_a_second_signal_aborts_at_once(tmp_path, toy_data, tiny_model_folder):
     root, process = start(tmp_path, toy_data, tiny_model_folder, "twice", "--signal-at-step", "TERM:3:2")
     code, output = finish(process)
