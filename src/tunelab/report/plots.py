@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 
 from tunelab.report.inputs import ValidationResults
 from tunelab.report.training_curves import RunCurves
@@ -109,8 +110,11 @@ def trend_plot(curves: RunCurves, trend, *, smoothing: float = 0.9, median_windo
     from tunelab.report.trend import LogStepFit, ema, training_loss_series, validation_tags, windowed_median
 
     raw = [(step, value) for step, value in training_loss_series(curves) if step >= 1]
-    panels = (["loss"] if raw else []) + [s for s in trend.validation if any(curves.scalars.get(t) for t in
-                                                                              validation_tags(curves, s))]
+    def drawable(tag: str) -> list:  # a log axis shows steps ≥ 1 (validation of the base runs at step 0)
+        return [(s, v) for s, v in curves.scalars.get(tag, []) if s >= 1 and math.isfinite(v)]
+
+    panels = (["loss"] if raw else []) + [s for s in trend.validation
+                                          if any(drawable(t) for t in validation_tags(curves, s))]
     if not panels:
         return None
     figure, all_axes = _figure(len(panels), width_per_plot=4.6)
@@ -129,12 +133,15 @@ def trend_plot(curves: RunCurves, trend, *, smoothing: float = 0.9, median_windo
             fitted(axes, trend.training, "black")
             axes.set_title("training loss")
         else:
+            plotted = []
             for i, (tag, fit) in enumerate(zip(validation_tags(curves, panel), trend.validation[panel])):
-                series = [(s, v) for s, v in curves.scalars[tag] if s >= 1]
+                series = drawable(tag)
+                plotted += [v for _, v in series]
                 colour = "black" if tag.endswith("/mean") else f"C{i % 10}"
                 _plot_series(axes, series, tag.rsplit("/", 1)[1], color=colour, marker="o", markersize=3)
                 fitted(axes, fit, colour)
-            axes.set_yscale("log")
+            if plotted and min(plotted) > 0:
+                axes.set_yscale("log")
             axes.set_title(f"val/{panel}: mean and bands")
         axes.set_xscale("log")
         axes.set_xlabel("optimizer step (log scale)")
