@@ -147,10 +147,12 @@ def cache_variant(args) -> None:
     te_bytes = sum(p.numel() * p.element_size() for m in run.components.text_encoders for p in m.parameters())
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else run.peak_rss
     clock = getattr(run, "compile_clock", None)
+    cache_bytes = sum(t.numel() * t.element_size() for t in run.batches.items.values()
+                      if torch.is_tensor(t) and t is not run.batches.items["latents"])  # cached text embeddings
     print(json.dumps({"step_s": statistics.median(t[0] for t in times[2:]),
                       "step_cpu_s": statistics.median(t[1] for t in times[2:]), "peak_bytes": peak,
                       "process_peak_bytes": process_peak, "weights_held": run.weights_held, "te_bytes": te_bytes,
-                      "compile_s": clock.seconds if clock is not None else 0.0, "steps": len(times),
+                      "compile_s": clock.seconds if clock is not None else 0.0, "steps": len(times), "cache_bytes": cache_bytes,
                       "step_s_all": [t[0] for t in times], "step_cpu_s_all": [t[1] for t in times]}))
 
 
