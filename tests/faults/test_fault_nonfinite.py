@@ -67,3 +67,7 @@ def test_skipped_steps_leave_the_smoothed_loss_finite_and_are_counted(tmp_path, 
     assert json.loads((tmp_path / "run/run.json").read_text())["nonfinite_skipped_steps"] == len(skipped)
     final = json.loads((tmp_path / "run/checkpoints/step-000008/state/progress.json").read_text())
     assert final["nonfinite_skipped"] == len(skipped)
+    from tunelab.report.build import write_report
+
+    html = write_report(tmp_path / "run").read_text()
+    assert f"{len(skipped)} optimizer step{'s' if len(skipped) != 1 else ''} skipped: loss or gradient not finite" in html

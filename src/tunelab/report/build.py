@@ -78,6 +78,7 @@ def trend_section(curves: RunCurves, window: int | None = None) -> dict:
         rows += [{"curve": fit.tag, "verdict": fit.verdict, "words": fit.words()} for fit in fits]
     return {"run": curves.name, "ema": trend.last_ema, "median": trend.last_median,
             "step": (curves.scalars.get("loss/raw") or [(None, None)])[-1][0], "rows": rows,
+            "skipped": len(curves.scalars.get("nonfinite_skipped_step", [])),  # train.nonfinite = "skip"
             "plot": trend_plot(curves, trend)}
 
 
