@@ -167,14 +167,19 @@ def test_live_page_follows_a_run_to_finished_shows_a_killed_run_interrupted_and_
         assert json.loads((watch.killed / "status.json").read_text())["state"] == "running"  # as it was left
         shutil.copytree(watch.killed, watch.deleted)  # a third folder to delete while watched
 
-        # two page loads while the live run trains: different steps, and the bars in the pixels say the same
+        # two page loads while the live run trains: different steps, and the bars in the pixels say the same. The
+        # run is paused (SIGSTOP) while Chromium starts and shoots, else a fast machine finishes it in between.
         wait_for(url, lambda runs, _: runs.get("live-run", ("", None))[0] == "running"
                  and (runs["live-run"][1] or 0) >= 1, "the live run's first steps", training=training)
+        live.send_signal(signal.SIGSTOP)
         first = shoot(url, tmp_path / "running-1.png", tmp_path / "profile")
+        live.send_signal(signal.SIGCONT)
         state, step_1 = runs_on(first)["live-run"]
         assert state == "running" and 1 <= step_1 < LIVE_STEPS
         wait_for(url, lambda runs, _: (runs["live-run"][1] or 0) > step_1, "the live run's step to advance", training=training)
+        live.send_signal(signal.SIGSTOP)
         second = shoot(url, tmp_path / "running-2.png", tmp_path / "profile")
+        live.send_signal(signal.SIGCONT)
         state, step_2 = runs_on(second)["live-run"]
         assert state == "running" and step_1 < step_2 < LIVE_STEPS, (step_1, step_2)
         assert f"step <b class=\"step\">{step_2}</b> / {LIVE_STEPS}" in second and " img/s · ETA " in second
@@ -194,6 +199,7 @@ def test_live_page_follows_a_run_to_finished_shows_a_killed_run_interrupted_and_
     finally:
         for process in (live, killed):
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
                 process.kill()
     final = wait_for(url, lambda runs, _: runs["live-run"] == ("finished", LIVE_STEPS), "finished")
     # virtual time runs the page's own refresh (every 1 s): the swapped-in page still says finished
