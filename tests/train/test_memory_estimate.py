@@ -59,7 +59,7 @@ def measured_backward_peak(components, config, side: int) -> int:
     unet = components.unet.train()
     if config.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    inputs = unet_inputs(unet, side, config.train.batch_size, torch.float32, unet.config.cross_attention_dim, False)
+    inputs = unet_inputs(unet, (side, side), config.train.batch_size, torch.float32, unet.config.cross_attention_dim, False)
     real = {k: torch.randn(v.shape) for k, v in inputs.items() if k not in ("added_cond_kwargs", "timestep")}
     real["timestep"] = torch.full((config.train.batch_size,), 500)
     real["added_cond_kwargs"] = {k: torch.randn(v.shape) for k, v in inputs["added_cond_kwargs"].items()}
@@ -81,7 +81,7 @@ def test_activations_and_gradients_match_a_real_backward_pass(checkpointing):
     measured = measured_backward_peak(components, config, 32)
     assert 0.75 <= (activations + grads) / measured <= 1.25, (activations, grads, measured)
     assert estimate.activations[True] < 0.6 * estimate.activations[False]
-    assert estimate.resolution == 32 * 4  # tiny VAE: factor 4
+    assert estimate.resolution == (32 * 4, 32 * 4)  # tiny VAE: factor 4
 
 
 @pytest.mark.parametrize("kind", ["adamw", "adafactor", "lion"])
@@ -117,16 +117,21 @@ def test_estimate_follows_the_config():
     held = {p.name: p.bytes for p in cached.weights}
     assert held["text_encoder"] == held["text_encoder_2"] == 0 and held["unet"] * 2 == weights["unet"]
     assert cached.text_encoders_held[False] * 2 == weights["text_encoder"] + weights["text_encoder_2"]
-    assert cached.resolution == 128 and cached.peak() < one.peak()
+    assert cached.resolution == (128, 128) and cached.peak() < one.peak()
+    # sd-scripts' "resolution = [width, height]": that area, not a crash
+    wide_config = cached_config.model_copy(update={"data": _data_with_cache(resolution=[128, 96])})
+    wide = estimate_memory(components, plan_trainable(components, wide_config), wide_config)
+    assert wide.resolution == (128, 96) and "at 128x96, batch" in wide.format()
+    assert 0.65 <= wide.activations[False] / cached.activations[False] <= 0.85  # 96 / 128 of the pixels
     adamw, adamw8bit = one.optimizers["adamw"][0].bytes, one.optimizers["adamw8bit"][0].bytes
     assert 0.2 < adamw8bit / adamw < 0.5  # 1 byte vs 4 per state; small tensors keep fp32 states
 
 
-def _data_with_cache():
+def _data_with_cache(resolution=128):
     from tunelab.data.config import DataConfig
 
     return DataConfig.model_validate({"sources": [{"type": "folder", "path": "images"}],
-                                      "buckets": {"resolution": 128, "step": 8, "min_side": 64, "max_side": 256},
+                                      "buckets": {"resolution": resolution, "step": 8, "min_side": 64, "max_side": 256},
                                       "cache": {"latents": True, "text_embeddings": True}})
 
 

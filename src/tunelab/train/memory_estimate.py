@@ -105,7 +105,7 @@ class MemoryEstimate:
     live: list[MemoryPart]  # frozen parts run each step without gradients: their working memory
     text_encoders_held: dict[bool, int]  # text embeddings cached / live → frozen encoders' weights held
     checkpointing: bool
-    resolution: int
+    resolution: tuple[int, int]  # (width, height) in pixels
     batch: int
 
     def peak_parts(self, checkpointing: bool | None = None, optimizer: str | None = None) -> list[tuple[str, int]]:
@@ -131,7 +131,7 @@ class MemoryEstimate:
 
     def format(self) -> str:
         ckpt, states = self.checkpointing, self.optimizers[self.optimizer][0]
-        lines = [f"memory estimate (accelerator; peak of a training step at {self.resolution}x{self.resolution}, "
+        lines = [f"memory estimate (accelerator; peak of a training step at {self.resolution[0]}x{self.resolution[1]}, "
                  f"batch {self.batch}):"]
         for p in self.weights:
             lines.append(row(f"weights {p.name}", p.bytes, p.note))
@@ -306,10 +306,12 @@ def meta_copy(module: torch.nn.Module, dtype: torch.dtype, trainable: set[str]) 
     return copy
 
 
-def unet_inputs(unet: torch.nn.Module, side: int, batch: int, dtype, context_width: int, text_trained: bool) -> dict:
+def unet_inputs(unet: torch.nn.Module, size: tuple[int, int], batch: int, dtype, context_width: int,
+                text_trained: bool) -> dict:
     config = unet.config
     meta = dict(device="meta", dtype=dtype)
-    inputs = {"sample": torch.empty(batch, config.in_channels, side, side, **meta),
+    width, height = size  # of the latents
+    inputs = {"sample": torch.empty(batch, config.in_channels, height, width, **meta),
               "timestep": torch.zeros(batch, device="meta", dtype=torch.long),
               "encoder_hidden_states": torch.empty(batch, 77, context_width, **meta).requires_grad_(text_trained)}
     if config.addition_embed_type == "text_time":
@@ -319,8 +321,8 @@ def unet_inputs(unet: torch.nn.Module, side: int, batch: int, dtype, context_wid
     return inputs
 
 
-def activation_timeline(components: ModelComponents, plan: TrainablePlan, config: RunConfig, side: int,
-                        batch: int) -> Timeline:
+def activation_timeline(components: ModelComponents, plan: TrainablePlan, config: RunConfig,
+                        size: tuple[int, int], batch: int) -> Timeline:
     """Trained text encoders, then the UNet, each run once forward on meta under one Recorder."""
     weight_dtype = DTYPE_BYTES[config.model.dtype]
     mixed = config.train.mixed_precision != "no"
@@ -337,7 +339,7 @@ def activation_timeline(components: ModelComponents, plan: TrainablePlan, config
         with recorder.recording(encoder):
             encoder(ids, output_hidden_states=True)
     unet = meta_copy(components.unet, compute, plan.parts["unet"].trainable)
-    inputs = unet_inputs(unet, side, batch, compute, unet.config.cross_attention_dim, text_trained)
+    inputs = unet_inputs(unet, size, batch, compute, unet.config.cross_attention_dim, text_trained)
     with recorder.recording(unet):
         unet(**inputs)
     return recorder.timeline
@@ -346,12 +348,13 @@ def activation_timeline(components: ModelComponents, plan: TrainablePlan, config
 # ---- the estimate -----------------------------------------------------------------------------------------------
 
 
-def training_resolution(config: RunConfig, components: ModelComponents) -> int:
-    data = config.data
-    buckets = getattr(data, "buckets", None)
+def training_resolution(config: RunConfig, components: ModelComponents) -> tuple[int, int]:
+    """(width, height) in pixels: the buckets' target resolution (a side, or sd-scripts' [width, height])."""
+    buckets = getattr(config.data, "buckets", None)
     if buckets is not None:
-        return buckets.resolution
-    return components.unet.config.sample_size * vae_factor(components)
+        return buckets.size
+    side = components.unet.config.sample_size * vae_factor(components)
+    return side, side
 
 
 def vae_factor(components: ModelComponents) -> int:
@@ -370,6 +373,7 @@ def estimate_memory(components: ModelComponents, plan: TrainablePlan, config: Ru
 
     weight_bytes = DTYPE_BYTES[config.model.dtype]
     resolution = training_resolution(config, components)
+    width, height = resolution
     batch = config.train.batch_size
     latents_cached, text_cached = cached(config)
     offloaded = frozen_text_encoders_unneeded(config, SimpleNamespace(has_text_embeddings=text_cached))
@@ -387,13 +391,14 @@ def estimate_memory(components: ModelComponents, plan: TrainablePlan, config: Ru
     if not latents_cached:
         channels = components.vae.config.block_out_channels[0]
         bytes_per = 2 if weight_bytes == 2 or config.train.mixed_precision != "no" else 4
-        live.append(MemoryPart("vae encode", 3 * batch * channels * resolution**2 * bytes_per,
+        live.append(MemoryPart("vae encode", 3 * batch * channels * width * height * bytes_per,
                                "latents not cached: ~3 feature maps at full resolution"))
     shapes = [tuple(p.shape) for part in plan.parts.values() for p in part.parameters()]
     gradients = sum(math.prod(s) for s in shapes) * weight_bytes
     implementation = getattr(config.optimizer, "implementation", "auto")
     optimizers = {kind: optimizer_estimate(kind, shapes, weight_bytes, implementation) for kind in OPTIMIZERS}
-    timeline = activation_timeline(components, plan, config, resolution // vae_factor(components), batch)
+    factor = vae_factor(components)
+    timeline = activation_timeline(components, plan, config, (width // factor, height // factor), batch)
     working = 2 * timeline.largest  # the gradients flowing into and out of the op being differentiated
     return MemoryEstimate(
         weights, gradients, optimizers, config.optimizer.type,
