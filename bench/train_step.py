@@ -138,12 +138,10 @@ def bare_steps(steps: int, batch: int, device: str, clip: bool) -> list[tuple[fl
 
 def cache_variant(args) -> None:
     """One variant of parts 2 and 3 (cached | encode | compile), in this (fresh) process; prints a JSON line."""
-    import resource
-
     train = {"compile": True, "compile_backend": args.backend} if args.variant == "compile" else {}
     with tempfile.TemporaryDirectory() as tmp:
         times, run = loop_steps(args.steps, args.batch, args.device, args.variant != "encode", Path(tmp), **train)
-        process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the final checkpoint included
+        process_peak = peak_rss()  # the final checkpoint included
     te_bytes = sum(p.numel() * p.element_size() for m in run.components.text_encoders for p in m.parameters())
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else run.peak_rss
     clock = getattr(run, "compile_clock", None)
@@ -152,8 +150,20 @@ def cache_variant(args) -> None:
     print(json.dumps({"step_s": statistics.median(t[0] for t in times[2:]),
                       "step_cpu_s": statistics.median(t[1] for t in times[2:]), "peak_bytes": peak,
                       "process_peak_bytes": process_peak, "weights_held": run.weights_held, "te_bytes": te_bytes,
-                      "compile_s": clock.seconds if clock is not None else 0.0, "steps": len(times), "cache_bytes": cache_bytes,
-                      "step_s_all": [t[0] for t in times], "step_cpu_s_all": [t[1] for t in times]}))
+                      "compile_s": clock.seconds if clock is not None else 0.0, "steps": len(times),
+                      "cache_bytes": cache_bytes}))
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: Linux's VmHWM (ru_maxrss of a child started by a large parent counts the
+    parent's memory at fork: part 3's runs would show this script's own models)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def variant_process(variant: str, args, env: dict | None = None) -> dict:

@@ -7,7 +7,7 @@ Tiny SDXL (UNet 5.5 M parameters), 8x8 latents, cached embeddings unless said. E
 peak memory, no compile cache in memory); variants alternate round by round, so machine load hits all alike.
 Steady state = median step after the first two (a compiled run's compile happens in those); images/s from wall time
 and from process CPU time (one thread: the work done, which other processes' load barely changes). Peak memory:
-the process's maximum RSS (kernel high-water mark), the final checkpoint included.
+the process's maximum RSS (kernel high-water mark, VmHWM), the final checkpoint included.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/trainer_speed.py [--steps 300] [--rounds 3] [--batch 4]
         [--baseline 96488d6^] [--compile-rounds 1] [--backend inductor]
@@ -60,18 +60,16 @@ def run_variant(variant: str, args, *, source: Path | None = None, cache_dir: Pa
 
 
 def bare_worker(args) -> None:
-    import resource
-
     import torch
 
     sys.path.insert(0, str(HERE))
-    from train_step import bare_steps
+    from train_step import bare_steps, peak_rss
 
     torch.set_num_threads(args.threads)
     times = bare_steps(args.steps, args.batch, "cpu", clip=True)
     print(json.dumps({"step_s": statistics.median(t[0] for t in times[2:]),
                       "step_cpu_s": statistics.median(t[1] for t in times[2:]), "compile_s": 0.0,
-                      "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "process_peak_bytes": peak_rss()}))
 
 
 def spread(values: list[float], fmt: str = "{:.1f}") -> str:
