@@ -176,8 +176,15 @@ def test_live_page_follows_a_run_to_finished_shows_a_killed_run_interrupted_and_
         live.send_signal(signal.SIGCONT)
         state, step_1 = runs_on(first)["live-run"]
         assert state == "running" and 1 <= step_1 < LIVE_STEPS
-        wait_for(url, lambda runs, _: (runs["live-run"][1] or 0) > step_1, "the live run's step to advance", training=training)
-        live.send_signal(signal.SIGSTOP)
+        # let it run in short bursts until the page's step moves: status.json is written at most every 2 s, so a
+        # fast machine left running would finish all the steps before the next write
+        deadline = time.monotonic() + 120
+        while (runs_on(get(url))["live-run"][1] or 0) <= step_1:
+            assert time.monotonic() < deadline and live.poll() is None, "the live run's step to advance"
+            live.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+            live.send_signal(signal.SIGSTOP)
+            time.sleep(0.1)
         second = shoot(url, tmp_path / "running-2.png", tmp_path / "profile")
         live.send_signal(signal.SIGCONT)
         state, step_2 = runs_on(second)["live-run"]
