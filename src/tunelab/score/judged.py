@@ -103,32 +103,45 @@ def saved_images(folder: Path, all_probes: list[Probe], fingerprint: str, model:
     return images
 
 
+def render(probes: Probes, model_path: str | Path, *, batch_size: int, dtype: str | None, progress: bool) -> list:
+    """Every probe of `probes` rendered by the model at `model_path` (loaded here, freed after)."""
+    import torch
+
+    from tunelab.models.io import load_model
+
+    model = load_model(model_path, dtype=dtype)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    engine = SamplingEngine(model, batch_size=batch_size, empty_prompt_as_zeros=probes.spec.empty_prompt_as_zeros,
+                            progress=progress)
+    images = engine.render([request_for(p) for p in probes.all_probes()])
+    del engine, model
+    gc.collect()
+    return images
+
+
+def write_images(all_probes: list[Probe], images: list, model_path: str | Path, folder: Path) -> None:
+    """Each image as a PNG with its A1111 infotext, under the model's folder."""
+    from tunelab.models.io import model_label
+
+    name, short_hash = model_label(model_path), model_hash(model_path)
+    for probe, image in zip(all_probes, images):
+        infotext = request_for(probe).infotext(model=name, model_hash=short_hash)
+        save_png_with_infotext(image, image_path(folder, probe), infotext)
+
+
 def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str | Path, folder: Path, *,
                      batch_size: int = 16, dtype: str | None = None, progress: bool = True) -> JudgedModel:
     """Render every probe with the model at `model_path`, write the images, judge them, write `judged.json`."""
-    import torch
-
-    from tunelab.models.io import load_model, model_label
-
     all_probes = probes.all_probes()
     started = time.perf_counter()
-    images = saved_images(folder, all_probes, probes.fingerprint(), str(model_path))
-    if images is None:
-        model = load_model(model_path, dtype=dtype)
-        if torch.cuda.is_available():
-            model.to("cuda")
-        engine = SamplingEngine(model, batch_size=batch_size, empty_prompt_as_zeros=probes.spec.empty_prompt_as_zeros,
-                                progress=progress)
-        requests = [request_for(p) for p in all_probes]
-        images = engine.render(requests)
-        del engine, model
-        gc.collect()
-        sampled = time.perf_counter()
-        name, short_hash = model_label(model_path), model_hash(model_path)
-        for probe, request, image in zip(all_probes, requests, images):
-            save_png_with_infotext(image, image_path(folder, probe), request.infotext(model=name, model_hash=short_hash))
-    else:
-        sampled = time.perf_counter()  # judged again from its saved images: no sampling
+    images = saved_images(folder, all_probes, probes.fingerprint(), str(model_path))  # judged before: no sampling
+    sampled_now = images is None
+    if sampled_now:
+        images = render(probes, model_path, batch_size=batch_size, dtype=dtype, progress=progress)
+    sampled = time.perf_counter()
+    if sampled_now:
+        write_images(all_probes, images, model_path, folder)
     written = time.perf_counter()
 
     chunks = [images[k : k + JUDGE_CHUNK] for k in range(0, len(images), JUDGE_CHUNK)]

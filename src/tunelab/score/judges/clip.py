@@ -107,7 +107,9 @@ class ClipJudge(Judge):
     # ---- the interface ---------------------------------------------------------------------------------------
 
     def identity(self) -> str:
-        return f"clip {file_digest(*sorted(self.folder.glob('*.safetensors')))}"
+        if not hasattr(self, "_identity"):  # hashed once per judge
+            self._identity = f"clip {file_digest(*sorted(self.folder.glob('*.safetensors')))}"
+        return self._identity
 
     def check(self, expectation: Expectation) -> str | None:
         text = expectation.text

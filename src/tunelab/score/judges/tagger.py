@@ -154,8 +154,10 @@ class TaggerJudge(Judge):
         self._session = self._load_session(folder / MODEL_FILE, threads)
 
     def identity(self) -> str:
-        return (f"tagger {file_digest(self.folder / MODEL_FILE, self.folder / TAGS_FILE)} thresholds "
-                f"{self._threshold_settings}")
+        if not hasattr(self, "_identity"):  # hashed once: a published tagger is ~300 MB
+            self._identity = (f"tagger {file_digest(self.folder / MODEL_FILE, self.folder / TAGS_FILE)} thresholds "
+                              f"{self._threshold_settings}")
+        return self._identity
 
     def _load_session(self, path: Path, threads: int):
         import onnxruntime
