@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +101,10 @@ def train(run: TrainingRun) -> Progress:
             if run.ema is not None:
                 run.ema.step(run.plan.parts["unet"].parameters())
         clip_in_optimizer(run.optimizer, None)  # a clip left to the fused kernel applies to this step only
-        run.lr_scheduler.step()
+        with warnings.catch_warnings():
+            if not finite:  # the schedule follows the step count, skipped steps too: torch's order warning is moot
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            run.lr_scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         progress.step, progress.epoch, progress.batch = progress.step + 1, position.epoch, position.batch
         progress.nonfinite_skipped = nonfinite.skipped
