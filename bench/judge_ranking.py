@@ -27,12 +27,9 @@ def model_folders(score_dir: Path) -> dict[str, list[Path]]:
     return folders
 
 
-def per_check(run) -> dict[str, np.ndarray]:
+def per_check(run, roles: dict[str, str]) -> dict[str, np.ndarray]:
     """check → 0/1 verdicts of every image it reads, in a fixed order: each role's own prompts, and the targets'
-    contamination of retain prompts and of the empty prompt (the uncond role's only check)."""
-    from tunelab.toy.evaluation import load_toy_probes
-
-    roles = {c.name: c.role for c in load_toy_probes(None).concepts}
+    contamination of retain prompts and of the empty prompt (the uncond role's only check). roles: concept → role."""
     out: dict[str, list] = {CHECKS[0]: [], CHECKS[1]: [], CHECKS[2]: [], CHECKS[3]: []}
     for concept, passed in run.passed.items():
         out[f"{roles[concept]}: own prompts"].extend(passed)
@@ -60,6 +57,7 @@ def main() -> None:
     from tunelab.toy.evaluation import load_toy_probes
 
     probes = load_toy_probes(None)
+    roles = {c.name: c.role for c in probes.concepts}
     judges = {"toy": make_judge("toy"), "tagger": TaggerJudge(args.tagger, threads=args.threads)}
     all_probes = probes.all_probes()
     judged = {name: {} for name in judges}
@@ -75,7 +73,7 @@ def main() -> None:
                 runs[name] = verdicts_of(probes, judge, [judge.read(images)], all_probes)
                 seconds[name] += time.perf_counter() - start
                 judged[name].setdefault(setting, []).append(runs[name])
-            toy, tagger = per_check(runs["toy"]), per_check(runs["tagger"])
+            toy, tagger = per_check(runs["toy"], roles), per_check(runs["tagger"], roles)
             for check in CHECKS:
                 same = [(toy[check] == tagger[check]).sum(), len(toy[check])]
                 agree[check] += same
