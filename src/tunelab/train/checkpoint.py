@@ -24,8 +24,10 @@ from tunelab.errors import TunelabError, fail
 from tunelab.models.components import ModelComponents
 from tunelab.models.io import save_model
 from tunelab.train.batches import DataPosition
+from tunelab.train.sharded_checkpoint import load_sharded, save_sharded
 
 STATE = "state"  # sub-folder with what resume needs
+SHARDED = "sharded"  # under STATE, FSDP runs: trained weights + optimizer state, one file per process (DCP)
 
 
 @dataclass
@@ -62,23 +64,30 @@ def set_rng_states(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_finite(parts: dict[str, torch.nn.Module]) -> None:
-    for part_name, module in parts.items():
-        for name, p in module.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TunelabError(f"{part_name}.{name} has non-finite values; checkpoint not written")
+def check_finite(parts: dict[str, torch.nn.Module], accelerator=None) -> None:
+    """Raise before writing non-finite weights. Sharded weights: each process checks its shards and every
+    process raises (collective), so none is left waiting for the others."""
+    bad = next((f"{part_name}.{name}" for part_name, module in parts.items() for name, p in module.named_parameters()
+                if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()), None)
+    if accelerator is not None and accelerator.num_processes > 1:
+        anywhere = accelerator.reduce(torch.tensor(int(bad is not None), device=accelerator.device), "max")
+        bad = bad or ("a sharded parameter on another process" if int(anywhere) else None)
+    if bad is not None:
+        raise TunelabError(f"{bad} has non-finite values; checkpoint not written")
 
 
 def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_components: ModelComponents,
                     trained_parts: dict[str, torch.nn.Module], optimizer, lr_scheduler, ema=None, ema_parameters=None,
                     model_format: str = "diffusers", model_dtype: str | None = None, save_state: bool = True,
-                    frozen: dict[str, Path] | None = None) -> Path:
+                    frozen: dict[str, Path] | None = None, sharded: bool = False) -> Path:
     """Collective: every process calls it (each writes its RNG state); the main process writes the rest.
     With EMA, the model is written with the EMA weights and the training state keeps the raw ones. `frozen`: parts
-    kept out of memory (part name → their weights file), streamed into the model (`models.stream_save`)."""
+    kept out of memory (part name → their weights file), streamed into the model (`models.stream_save`).
+    `sharded` (FSDP): `model_components` hold the gathered whole weights (main process; None on the others), and
+    the trained weights and optimizer state are written shard by shard by every process (`state/sharded/`)."""
     target = checkpoint_dir(output_dir, progress.step)
     tmp = target.with_name(f".{target.name}.tmp")
-    check_finite(trained_parts)
+    check_finite(trained_parts, accelerator)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         (tmp / STATE).mkdir(parents=True)
@@ -92,13 +101,16 @@ def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_
             if ema is not None:
                 ema.restore(ema_parameters)
         if save_state:
-            for name, module in trained_parts.items():
+            for name, module in ({} if sharded else trained_parts).items():
                 atomic.save_safetensors(tmp / STATE / f"{name}.safetensors", module.state_dict())
             with atomic.atomic_path(tmp / STATE / "optimizer.pt") as p:
-                torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                torch.save({"optimizer": None if sharded else optimizer.state_dict(),
+                            "lr_scheduler": lr_scheduler.state_dict(),
                             "ema": ema.state_dict() if ema is not None else None}, p)
             atomic.write_json(tmp / STATE / "progress.json", asdict(progress))
     accelerator.wait_for_everyone()
+    if save_state and sharded:
+        save_sharded(tmp / STATE / SHARDED, trained_parts, getattr(optimizer, "optimizer", optimizer))
     if save_state:
         with atomic.atomic_path(tmp / STATE / f"rng_{accelerator.process_index}.pt") as p:
             torch.save(rng_states(), p)
@@ -139,17 +151,24 @@ def find_checkpoint(output_dir: Path, resume: str | Path) -> Path:
 
 
 def load_checkpoint(accelerator, path: Path, *, trained_parts: dict[str, torch.nn.Module], optimizer, lr_scheduler,
-                    ema=None) -> Progress:
+                    ema=None, sharded: bool = False) -> Progress:
+    """Collective. A checkpoint of a sharded (FSDP) run resumes with any number of processes, sharded or not
+    (torch.distributed.checkpoint reshards on load); one of an unsharded run resumes unsharded."""
     from safetensors.torch import load_file
 
     state = Path(path) / STATE
-    for name, module in trained_parts.items():
+    if (state / SHARDED).is_dir():
+        load_sharded(state / SHARDED, trained_parts, getattr(optimizer, "optimizer", optimizer))
+    elif sharded:
+        raise fail(path, "was written by an unsharded run: resume it without FSDP (a DDP or one-process launch)")
+    for name, module in ({} if (state / SHARDED).is_dir() else trained_parts).items():
         weights = state / f"{name}.safetensors"
         if not weights.exists():
             raise fail(path, f"has no saved weights for {name} (was it trained with another text_encoder.mode?)")
         module.load_state_dict(load_file(weights))
     saved = torch.load(state / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
+    if saved["optimizer"] is not None:  # None: in the shards
+        optimizer.load_state_dict(saved["optimizer"])
     lr_scheduler.load_state_dict(saved["lr_scheduler"])
     if ema is not None:
         if saved["ema"] is None:

@@ -21,6 +21,7 @@ from tunelab.train.batches import BatchSource, micro_batches
 from tunelab.train.checkpoint import (Progress, prune_checkpoints, remove_leftovers, save_checkpoint,
                                       writing_checkpoint)
 from tunelab.train.config import RunConfig
+from tunelab.train.fsdp import any_process
 from tunelab.train.logs import TrainLogger
 from tunelab.train.nonfinite import NonfiniteSteps, record_skipped
 from tunelab.train.offload import OffloadedModules
@@ -49,6 +50,14 @@ class TrainingRun:
     offloaded: OffloadedModules | None = None  # frozen text encoders kept out of memory (cached embeddings)
     status: object | None = None  # train.run_status.RunStatus: status.json for `tunelab watch` (main process)
     compile_clock: object | None = None  # train.compile.CompileClock when train.compile is on
+    sharding: object | None = None  # train.fsdp.ShardedParts when the launch asked for FSDP
+
+    def whole_components(self) -> ModelComponents | None:
+        """Collective when sharded: the components with whole weights on the main process (None on the others)."""
+        if self.sharding is None:
+            return self.components
+        return self.sharding.gathered_components(self.components, self.accelerator.is_main_process,
+                                                 self.accelerator.device)
 
 
 @signals.deferring  # SIGINT / SIGTERM: finish the step, save, stop (stop_on_signal)
@@ -80,7 +89,7 @@ def train(run: TrainingRun) -> Progress:
         for micro in range(accumulation):
             batch = next(stream)
             last = micro == accumulation - 1
-            with synchronised(accelerator, wrapped, last), accelerator.autocast():
+            with synchronised(accelerator, wrapped, last, run.sharding), accelerator.autocast():
                 loss, t = training_loss(conditioning_parts, run.unet, batch, cfg, run.noise_scheduler,
                                         seed=cfg.train.seed, micro_step=progress.step * accumulation + micro,
                                         first_index=first_index, train_text_encoders=train_text_encoders)
@@ -123,11 +132,18 @@ def train(run: TrainingRun) -> Progress:
         saved = checkpoint_due(cfg, progress.step, run.total_steps, position.epoch > epoch_before, position.epoch)
         if saved:
             save(run)
-        if run.samples is not None and run.samples.due(progress.step):
-            run.samples.render(run.components, progress.step, run.logger)
-        # Validation (tunelab.validate): at its own cadence and at every checkpoint.
-        if run.validation is not None and run.validation.due(progress.step, checkpoint=saved):
-            run.validation.run(run.components, progress.step, run.logger)
+        sample = run.samples is not None and run.samples.due(progress.step)
+        # Validation (tunelab.validate): at its own cadence and at every checkpoint (decided on the main process).
+        validate = run.validation is not None and run.validation.due(progress.step, checkpoint=saved)
+        wanted = sample or validate
+        if run.sharding is not None:  # gathering the weights is collective: every process takes part
+            wanted = any_process(accelerator, wanted)
+        if wanted:
+            whole = run.whole_components()
+            if sample:
+                run.samples.render(whole, progress.step, run.logger)
+            if validate:
+                run.validation.run(whole, progress.step, run.logger)
         stop_on_signal(run, bar, saved)
     bar.close()
     if accelerator.is_main_process:
@@ -144,8 +160,11 @@ def set_train_mode(run: TrainingRun) -> None:
 
 
 @contextlib.contextmanager
-def synchronised(accelerator, wrapped_modules, sync: bool):
-    """Gradient all-reduce only on the last micro-batch of a step (DDP's no_sync on the others)."""
+def synchronised(accelerator, wrapped_modules, sync: bool, sharding=None):
+    """Gradient all-reduce only on the last micro-batch of a step (DDP's no_sync on the others; FSDP's
+    reduce-scatter likewise)."""
+    if sharding is not None:
+        sharding.set_gradient_sync(sync)
     with contextlib.ExitStack() as stack:
         if not sync:
             for module in wrapped_modules:
@@ -164,7 +183,7 @@ def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: 
     if getattr(accelerator, "scaler", None) is not None:
         accelerator.unscale_gradients()  # fp16: the norm of the true gradients
     norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
-    value = float(norm)
+    value = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded: the norm of all shards
     if max_norm and value > max_norm:
         scaler = getattr(accelerator, "scaler", None)  # fp16: the scaler owns the fused kernel's divisor
         if scaler is not None or not clip_in_optimizer(optimizer, (value + 1e-6) / max_norm):
@@ -221,11 +240,13 @@ def save(run: TrainingRun, *, save_state: bool | None = None) -> None:
     cfg = run.config
     # offloaded frozen parts are streamed from their files into the checkpoint, never loaded back (peak memory)
     frozen = run.offloaded.sources(run.components.named_parts()) if run.offloaded is not None else None
+    whole = run.whole_components()  # sharded: gathered for the model export (collective)
     with writing_checkpoint(cfg.train.output_dir, run.progress.step):  # a full disk: one line
-        save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=run.components,
+        save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=whole,
                         trained_parts=run.plan.trained_modules(), optimizer=run.optimizer,
                         lr_scheduler=run.lr_scheduler, ema=run.ema, ema_parameters=run.plan.parts["unet"].parameters(),
                         model_format=cfg.checkpoint.format, model_dtype=cfg.checkpoint.dtype,
-                        save_state=cfg.checkpoint.save_state if save_state is None else save_state, frozen=frozen)
+                        save_state=cfg.checkpoint.save_state if save_state is None else save_state, frozen=frozen,
+                        sharded=run.sharding is not None)
     if run.accelerator.is_main_process:
         prune_checkpoints(cfg.train.output_dir, cfg.checkpoint.keep_last)

@@ -23,7 +23,8 @@ from tunelab.train.batches import BatchSource
 from tunelab.train.checkpoint import Progress, find_checkpoint, load_checkpoint
 from tunelab.train.compile import CompileClock, compile_for_training
 from tunelab.train.config import RunConfig
-from tunelab.train.engines import refuse_unsupported_engine
+from tunelab.train.engines import refuse_unsupported_engine, without_accelerate_fsdp
+from tunelab.train.fsdp import FsdpSettings, ShardedParts, refuse_unsupported_with_fsdp
 from tunelab.train.logs import TrainLogger
 from tunelab.train.loop import TrainingRun, train
 from tunelab.train.noise import training_scheduler
@@ -56,7 +57,7 @@ def make_accelerator(config: RunConfig):
 
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise TunelabError("train.mixed_precision: fp16 needs a GPU; on CPU use \"bf16\" or \"no\"")
-    refuse_unsupported_engine(torch.cuda.is_available())  # FSDP / DeepSpeed: refused with the reason (engines.py)
+    refuse_unsupported_engine()  # DeepSpeed: refused with the reason (engines.py)
     from accelerate.state import AcceleratorState, PartialState
 
     if AcceleratorState._shared_state and PartialState._shared_state.get("num_processes", 1) == 1:
@@ -65,8 +66,9 @@ def make_accelerator(config: RunConfig):
         AcceleratorState._reset_state(reset_partial_state=True)
     # cpu=True on a machine without CUDA: then accelerate also recognises `torchrun` / `accelerate launch`
     # multi-process runs there (gloo) instead of silently training N independent single-process copies.
-    return Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    with without_accelerate_fsdp():  # an FSDP request is carried out by train/fsdp.py, not by accelerate
+        return Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
 
 
 def total_steps(config: RunConfig, batches: BatchSource) -> int:
@@ -100,11 +102,13 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
     if frozen_text_encoders_unneeded(config, batches):
         offloaded = OffloadedModules({f"text_encoder_{i}": m for i, m in enumerate(components.text_encoders)},
                                      Path(config.train.output_dir) / f".offloaded-{accelerator.process_index}")
+    sharding = shard_if_asked(config, plan, accelerator)  # FSDP: before the optimizer sees the parameters
     optimizer = build_optimizer(parameter_groups(plan), config.optimizer)
     steps = total_steps(config, batches)
     lr_scheduler = build_lr_scheduler(optimizer, config.optimizer, steps)  # stepped by us, once per step
-    unet = accelerator.prepare(components.unet) if plan.trains_unet else components.unet
-    text_encoders = [accelerator.prepare(p.module) if p.trainable else p.module
+    wrap = (lambda module: module) if sharding is not None else accelerator.prepare  # DDP, unless sharded
+    unet = wrap(components.unet) if plan.trains_unet else components.unet
+    text_encoders = [wrap(p.module) if p.trainable else p.module
                      for n, p in plan.parts.items() if n.startswith("text_encoder")]
     optimizer = accelerator.prepare(optimizer)
     compile_clock = None
@@ -121,7 +125,7 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
     if resume is not None:
         checkpoint = find_checkpoint(config.train.output_dir, resume)
         progress = load_checkpoint(accelerator, checkpoint, trained_parts=plan.trained_modules(), optimizer=optimizer,
-                                   lr_scheduler=lr_scheduler, ema=ema)
+                                   lr_scheduler=lr_scheduler, ema=ema, sharded=sharding is not None)
         if accelerator.is_main_process:
             print(f"resumed from {checkpoint} at step {progress.step}", file=sys.stderr)
     output = Path(config.train.output_dir)
@@ -132,7 +136,21 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
     return TrainingRun(config, accelerator, components, plan, unet, text_encoders, optimizer, lr_scheduler,
                        training_scheduler(components.scheduler, config.loss), batches, steps, progress, logger,
                        ema=ema, samples=samples, validation=validation, offloaded=offloaded,
-                       compile_clock=compile_clock)
+                       compile_clock=compile_clock, sharding=sharding)
+
+
+def shard_if_asked(config: RunConfig, plan, accelerator) -> ShardedParts | None:
+    """The launch asked for FSDP: shard every trained module over the processes (train/fsdp.py)."""
+    settings = FsdpSettings.from_launch()
+    if settings is None:
+        return None
+    refuse_unsupported_with_fsdp(config)  # with one process too: the config must not fail only once scaled out
+    if accelerator.num_processes == 1:  # nothing to shard over: the run trains as any one-process run
+        if accelerator.is_main_process:
+            print("FSDP asked for with one process: training unsharded", file=sys.stderr)
+        return None
+    return ShardedParts({name: part.module for name, part in plan.parts.items() if part.trainable}, settings,
+                        mixed_precision=config.train.mixed_precision)
 
 
 def make_validator(config: RunConfig, components: ModelComponents, accelerator, *, resuming: bool):

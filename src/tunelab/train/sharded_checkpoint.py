@@ -1,23 +1,23 @@
 """Training state of a sharded run (FSDP 2: every trained parameter is a DTensor, each process holds a shard of it):
-saved shard by shard, resumed exactly, and merged into one safetensors file afterwards.
+saved shard by shard, resumed exactly, and read back whole in one process (`merged_weights`).
 
 Format: torch.distributed.checkpoint (DCP), as accelerate's FSDP `save_state` writes it: one `__<rank>_0.distcp`
 file per process and a `.metadata` file, under `folder`. What is in it: {"model": the trained modules' weights,
 keyed "<part>.<name>" (e.g. "unet.conv_in.weight"), "optimizer": the optimizer state keyed by those names}, so a
 run resumes with any number of processes (DCP reshards on load), and the merged file needs no process group.
 
-Every call but `merge_to_single_file` is collective: all processes call it."""
+`save_sharded` and `load_sharded` are collective: all processes call them."""
 
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
-from tunelab import atomic
-
 MODEL, OPTIMIZER = "model", "optimizer"
+IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")  # optimizer group keys naming the kernel
 
 
 def _state(parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> tuple[torch.nn.Module, dict]:
@@ -39,13 +39,19 @@ def save_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: tor
 
 def load_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
     """Restore `parts`' weights and the optimizer state saved by `save_sharded`, in place (sharded as `parts` are
-    now: the number of processes may differ from the saving run's)."""
+    now, or not at all: the number of processes may differ from the saving run's)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     container, state = _state(parts, optimizer)
-    dcp.load(state, checkpoint_id=str(folder))
+    with warnings.catch_warnings():  # one process without a process group: DCP says it loads in one process, as meant
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        dcp.load(state, checkpoint_id=str(folder))
+    # the step's implementation stays this run's (unsharded parameters may use the fused kernel, DTensors not)
+    kernels = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in optimizer.param_groups]
     set_state_dict(container, optimizer, model_state_dict=state[MODEL], optim_state_dict=state[OPTIMIZER])
+    for group, own in zip(optimizer.param_groups, kernels):
+        group.update(own)
 
 
 def merged_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -57,9 +63,3 @@ def merged_weights(folder: Path) -> dict[str, torch.Tensor]:
         dcp_to_torch_save(str(folder), str(whole))  # the public way to read DCP without a process group
         state = torch.load(whole, map_location="cpu", weights_only=True)
     return {name: tensor.contiguous() for name, tensor in state[MODEL].items()}
-
-
-def merge_to_single_file(folder: Path, out: Path) -> Path:
-    """Write the full weights of a sharded checkpoint to one safetensors file (atomically)."""
-    atomic.save_safetensors(out, merged_weights(Path(folder)))
-    return out
