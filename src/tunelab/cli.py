@@ -245,19 +245,25 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print trainable parameters per block and the total %; train nothing."),
     resume: Optional[str] = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' in the run's output folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run already in train.output_dir and start again."),
+    shards: Optional[int] = typer.Option(None, "--shards", min=1, help="With --dry-run: memory per process of an FSDP run over N processes (default: the FSDP launch's)."),
 ) -> None:
     """Fine-tune a model: text encoders off / on / only, all or part of the UNet, exact resume, accelerate launch.
     A folder that already holds a run is refused unless --resume continues it or --overwrite replaces it."""
     from tunelab.train.checkpoint import remove_leftovers
     from tunelab.train.config import load_run_config, require_model_path
+    from tunelab.train.memory_sharded import prints_for_the_launch
     from tunelab.train.recipe import dry_run as trainable_report
     from tunelab.train.recipe import run_training
     from tunelab.train.run_folder import check_run_folder
 
+    if shards is not None and not dry_run:
+        raise TunelabError("--shards goes with --dry-run: a run is sharded over the processes its launch starts")
     run_config = load_run_config(config)
     require_model_path(run_config, config)
     if dry_run:
-        typer.echo(trainable_report(run_config))
+        report = trainable_report(run_config, shards=shards)
+        if prints_for_the_launch():
+            typer.echo(report)
         return
     finished = check_run_folder(run_config, resume=resume, overwrite=overwrite)
     if finished:  # nothing to train; still clear what a kill during its last save or pruning left (the loop would)

@@ -14,6 +14,7 @@
   block's inputs, and the block's tensors come back only while its backward runs. Walking that timeline backwards
   (activations freed, gradients appearing) gives the peak of the backward pass. Attention is counted as a fused
   kernel (flash / memory-efficient: q, k, v, output, log-sum-exp), what the trainer runs.
+- Per process of an FSDP run (`--shards N`, or under an FSDP launch): train/memory_sharded.py, from this estimate.
 - Not counted: the framework's own memory (CUDA context, allocator caching and fragmentation, typically
   0.3-1 GB more in `nvidia-smi` than allocated), and on CPU the process itself (Python, libraries)."""
 
@@ -23,7 +24,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -31,6 +32,10 @@ from tunelab.models.components import ModelComponents
 from tunelab.models.io import quiet_libraries
 from tunelab.train.config import RunConfig
 from tunelab.train.parameters import TrainablePlan
+
+if TYPE_CHECKING:
+    from tunelab.train.fsdp import FsdpSettings
+    from tunelab.train.memory_sharded import Sharding
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 2**30
@@ -49,6 +54,7 @@ class Event:
     kept: int = 0
     block: int | None = None
     key: int | None = None  # id of the tensor (dedupe of a block input that is also saved outside blocks)
+    weight_copy: bool = False  # autocast's 16-bit copy of a weight (none when FSDP gathers the weights in 16 bits)
 
 
 @dataclass
@@ -56,13 +62,17 @@ class Timeline:
     events: list[Event] = field(default_factory=list)
     largest: int = 0  # the largest single tensor saved: gradients of activations of that size exist in backward
 
+    def without_weight_copies(self) -> Timeline:
+        return Timeline([e for e in self.events if not e.weight_copy], self.largest)
+
     def saved_total(self, checkpointing: bool) -> int:
         outside = {e.key for e in self.events if e.saved and e.block is None}
         return sum(e.saved for e in self.events if not checkpointing or e.block is None) + (
             sum(e.kept for e in self.events if e.key not in outside) if checkpointing else 0)
 
-    def backward_peak(self, checkpointing: bool) -> tuple[int, int]:
-        """(activations held, gradients made) where their sum peaks during the backward pass."""
+    def backward_peak(self, checkpointing: bool, shards: int = 1) -> tuple[int, int]:
+        """(activations held, gradients made) where their sum peaks during the backward pass; gradients kept as
+        1/`shards` of each (FSDP reduce-scatters each group's gradients as soon as its backward ends)."""
         units: list[list[int]] = []  # [kept until this unit's backward, grads it makes, held only during it]
         outside = {e.key for e in self.events if e.saved and e.block is None}
         open_block = None
@@ -72,11 +82,11 @@ class Timeline:
                     units.append([0, 0, 0])
                     open_block = e.block
                 units[-1][0] += e.kept if e.key not in outside else 0
-                units[-1][1] += e.grad
+                units[-1][1] += e.grad // shards
                 units[-1][2] += e.saved
                 continue
             open_block = None
-            units.append([e.saved, e.grad, 0])
+            units.append([e.saved, e.grad // shards, 0])
         peak, grads = (0, 0), 0
         held = sum(u[0] for u in units)
         for kept, grad, recomputed in reversed(units):
@@ -107,6 +117,9 @@ class MemoryEstimate:
     checkpointing: bool
     resolution: tuple[int, int]  # (width, height) in pixels
     batch: int
+    gradient_note: str = "one per trained parameter"
+    gathered: list[MemoryPart] = field(default_factory=list)  # FSDP: whole weights held during the backward pass
+    sharding: Sharding | None = None  # per process of a sharded run (train/memory_sharded.py); None: unsharded
 
     def peak_parts(self, checkpointing: bool | None = None, optimizer: str | None = None) -> list[tuple[str, int]]:
         """What is in memory at the peak: weights and optimizer states throughout, plus either the backward pass's
@@ -116,7 +129,8 @@ class MemoryEstimate:
         states, step_extra = self.optimizers[kind]
         parts = [(f"weights {p.name}", p.bytes) for p in self.weights] + [(f"optimizer states ({kind})", states.bytes)]
         activations, grads = self.backward[ckpt]
-        candidates = [[("activations", activations), ("gradients", grads)],
+        gathered = [(f"gathered {p.name}", p.bytes) for p in self.gathered]
+        candidates = [[("activations", activations), ("gradients", grads), *gathered],
                       [("gradients", self.gradients), ("optimizer step temporaries", step_extra)]]
         candidates += [[(f"live {p.name}", p.bytes)] for p in self.live]
         return parts + max(candidates, key=lambda c: sum(b for _, b in c))
@@ -131,11 +145,14 @@ class MemoryEstimate:
 
     def format(self) -> str:
         ckpt, states = self.checkpointing, self.optimizers[self.optimizer][0]
-        lines = [f"memory estimate (accelerator; peak of a training step at {self.resolution[0]}x{self.resolution[1]}, "
-                 f"batch {self.batch}):"]
+        where = f"per process, {self.sharding.describe()}" if self.sharding else "accelerator"
+        lines = [f"memory estimate ({where}; peak of a training step at {self.resolution[0]}x{self.resolution[1]}, "
+                 f"batch {self.batch}{' per process' if self.sharding else ''}):"]
         for p in self.weights:
             lines.append(row(f"weights {p.name}", p.bytes, p.note))
-        lines.append(row("gradients", self.gradients, "one per trained parameter"))
+        for p in self.gathered:
+            lines.append(row(f"gathered {p.name}", p.bytes, p.note))
+        lines.append(row("gradients", self.gradients, self.gradient_note))
         lines.append(row("optimizer states", states.bytes, f"{self.optimizer}: {states.note}"))
         lines.append(row("activations", self.activations[ckpt],
                          f"saved for backward, gradient checkpointing {'on' if ckpt else 'off'}"))
@@ -143,6 +160,9 @@ class MemoryEstimate:
             lines.append(row(f"live {p.name}", p.bytes, p.note))
         lines.append(row("estimated peak", self.peak(),
                          "(not included: CUDA context and allocator cache, typically 0.3-1 GiB more)"))
+        if self.sharding:
+            lines.append(row("unsharded (DDP) peak", self.sharding.unsharded_peak,
+                             "each process holding every weight, gradient and optimizer state"))
         lines.append("  dominated by: " + ", ".join(f"{n} {100 * b / self.peak():.0f} %" for n, b in self.dominating()))
         lines.append(f"  gradient checkpointing on / off: peak {gib(self.peak(True))} / {gib(self.peak(False))} "
                      f"(activations {gib(self.activations[True])} / {gib(self.activations[False])})")
@@ -227,9 +247,10 @@ def fused_attention_on_meta() -> Iterator[None]:
 class Recorder:
     """Builds the Timeline of forward passes run inside `recording(module)`."""
 
-    def __init__(self, weight_copy_bytes: int | None):
+    def __init__(self, weight_copy_bytes: int | None, grad_bytes: int):
         self.timeline = Timeline()
         self.weight_copy_bytes = weight_copy_bytes  # mixed precision: weights saved as 16-bit copies
+        self.grad_bytes = grad_bytes  # a gradient has its weight's dtype, not the compute dtype of the meta copy
         self.alive: list[torch.Tensor] = []  # keeps ids unique while recording
         self.saved_ids: set[int] = set()
         self.kept_ids: set[int] = set()
@@ -249,7 +270,8 @@ class Recorder:
         base = tensor._base if tensor._base is not None else tensor
         if id(base) in self.params:  # a weight: already counted as weights, unless autocast saved a cast copy
             if self.weight_copy_bytes:
-                self.timeline.events.append(Event(saved=base.numel() * self.weight_copy_bytes, block=self.block))
+                self.timeline.events.append(Event(saved=base.numel() * self.weight_copy_bytes, block=self.block,
+                                                  weight_copy=True))
             return tensor
         size = base.numel() * base.element_size()
         self.timeline.largest = max(self.timeline.largest, size)
@@ -260,7 +282,7 @@ class Recorder:
         for p in module.parameters(recurse=False):
             if p.requires_grad and id(p) not in self.grads_seen:
                 self.grads_seen.add(id(p))
-                self.timeline.events.append(Event(grad=p.numel() * p.element_size(), block=self.block))
+                self.timeline.events.append(Event(grad=p.numel() * self.grad_bytes, block=self.block))
 
     def checkpointed(self, function, *args, **kwargs):
         """Stands in for torch.utils.checkpoint.checkpoint: runs the block, marking what happens inside it."""
@@ -328,7 +350,7 @@ def activation_timeline(components: ModelComponents, plan: TrainablePlan, config
     mixed = config.train.mixed_precision != "no"
     compute = {"no": {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.model.dtype],
                "bf16": torch.bfloat16, "fp16": torch.float16}[config.train.mixed_precision]
-    recorder = Recorder(weight_copy_bytes=2 if mixed and weight_dtype == 4 else None)
+    recorder = Recorder(weight_copy_bytes=2 if mixed and weight_dtype == 4 else None, grad_bytes=weight_dtype)
     text_trained = False
     for name, part in plan.parts.items():
         if not name.startswith("text_encoder") or not part.trainable:
@@ -367,8 +389,21 @@ def cached(config: RunConfig) -> tuple[bool, bool]:
     return (bool(getattr(cache, "latents", False)), bool(getattr(cache, "text_embeddings", False)))
 
 
-def estimate_memory(components: ModelComponents, plan: TrainablePlan, config: RunConfig) -> MemoryEstimate:
-    """The estimate for `config` with `plan` (components may be on the meta device: only shapes are read)."""
+def estimate_memory(components: ModelComponents, plan: TrainablePlan, config: RunConfig, shards: int = 1,
+                    fsdp: FsdpSettings | None = None) -> MemoryEstimate:
+    """The estimate for `config` with `plan` (components may be on the meta device: only shapes are read); with
+    `shards` > 1, per process of an FSDP run over that many processes (`fsdp`: its wrapping; train/memory_sharded.py)."""
+    whole, timeline = unsharded_estimate(components, plan, config)
+    if shards == 1:
+        return whole
+    from tunelab.train.memory_sharded import sharded_estimate
+
+    return sharded_estimate(whole, timeline, plan, config, shards, fsdp)
+
+
+def unsharded_estimate(components: ModelComponents, plan: TrainablePlan,
+                       config: RunConfig) -> tuple[MemoryEstimate, Timeline]:
+    """One process holding everything (one-process and DDP runs), and the activation timeline it was built from."""
     from tunelab.train.recipe import frozen_text_encoders_unneeded
 
     weight_bytes = DTYPE_BYTES[config.model.dtype]
@@ -399,8 +434,8 @@ def estimate_memory(components: ModelComponents, plan: TrainablePlan, config: Ru
     optimizers = {kind: optimizer_estimate(kind, shapes, weight_bytes, implementation) for kind in OPTIMIZERS}
     factor = vae_factor(components)
     timeline = activation_timeline(components, plan, config, (width // factor, height // factor), batch)
-    working = 2 * timeline.largest  # the gradients flowing into and out of the op being differentiated
-    return MemoryEstimate(
+    working = backward_working(timeline)
+    estimate = MemoryEstimate(
         weights, gradients, optimizers, config.optimizer.type,
         activations={c: timeline.saved_total(c) for c in (True, False)},
         backward={c: (timeline.backward_peak(c)[0] + working, timeline.backward_peak(c)[1]) for c in (True, False)},
@@ -408,3 +443,9 @@ def estimate_memory(components: ModelComponents, plan: TrainablePlan, config: Ru
             True: 0 if frozen_text_encoders_unneeded(config, SimpleNamespace(has_text_embeddings=True))
             else frozen_encoders, False: frozen_encoders},
         checkpointing=config.train.gradient_checkpointing, resolution=resolution, batch=batch)
+    return estimate, timeline
+
+
+def backward_working(timeline: Timeline) -> int:
+    """The gradients flowing into and out of the op being differentiated."""
+    return 2 * timeline.largest

@@ -41,15 +41,18 @@ def load_components(config: RunConfig) -> ModelComponents:
     return load_model(config.model.path, dtype=config.model.dtype)
 
 
-def dry_run(config: RunConfig, components: ModelComponents | None = None) -> str:
+def dry_run(config: RunConfig, components: ModelComponents | None = None, shards: int | None = None) -> str:
     """The trainable-parameter table of this config and its memory estimate; trains nothing. The model is read as
-    structure only (meta device, checked complete from the files' headers): no weights, no model-sized memory."""
+    structure only (meta device, checked complete from the files' headers): no weights, no model-sized memory.
+    The estimate is per process of an FSDP run over `shards` processes (default: an FSDP launch's, else 1)."""
     from tunelab.models.io import load_model_structure
     from tunelab.train.memory_estimate import estimate_memory
+    from tunelab.train.memory_sharded import requested_sharding
 
     components = components or load_model_structure(config.model.path)
     plan = plan_trainable(components, config)
-    return format_dry_run(plan) + "\n\n" + estimate_memory(components, plan, config).format()
+    processes, settings = requested_sharding(shards)
+    return format_dry_run(plan) + "\n\n" + estimate_memory(components, plan, config, processes, settings).format()
 
 
 def make_accelerator(config: RunConfig):
