@@ -4,8 +4,8 @@ largest difference between their logged losses, and each launch's wall time.
 
 Settings: UNet + both text encoders trained (the default here), gradient checkpointing, attention-only UNet with
 frozen text encoders, text encoders only, gradient accumulation with the text encoders stopped half-way, clipping,
-bf16 mixed precision (weights gathered in bf16 under FSDP, against autocast over fp32 weights in one process: not
-the same arithmetic, so a larger difference is expected there).
+torch.compile of the sharded modules, bf16 mixed precision (weights gathered in bf16 under FSDP, against autocast
+over fp32 weights in one process: not the same arithmetic, so a larger difference is expected there).
 
 Run: .venv/bin/python bench/fsdp_equivalence.py [--processes 2] [--steps 4] [SETTING ...]
 CPU: gloo. On a machine with at least N GPUs the launch uses them (NCCL); accelerate refuses two ranks on one GPU."""
@@ -68,6 +68,7 @@ SETTINGS = {  # name: what changes from UNet + text encoders trained
     "accumulation 2, te stop": {"train": "gradient_accumulation_steps = 2", "text_encoder": "stop_after_steps = 2"},
     "clip 0.01": {"train": "max_grad_norm = 0.01"},
     "bf16": {"train": 'mixed_precision = "bf16"'},
+    "compile": {"train": "compile = true"},
 }
 
 
