@@ -129,13 +129,13 @@ class ShardedParts:
         copy.load_state_dict(weights, assign=True)  # strict: every parameter and persistent buffer
         return copy.eval()
 
-    def gathered_components(self, components: ModelComponents, is_main: bool, device) -> ModelComponents | None:
+    def gathered_components(self, components: ModelComponents, is_main: bool) -> ModelComponents | None:
         """Collective: on the main process, the components with every sharded part replaced by a plain copy of
-        its whole weights (what is saved, sampled and validated); None on the others."""
+        its whole weights in host memory (what is saved, sampled and validated); None on the others."""
         weights = {name: self.full_weights(name) for name in self.parts}
         if not is_main:
             return None
-        copies = {name: self.unsharded_copy(name, w).to(device) for name, w in weights.items()}
+        copies = {name: self.unsharded_copy(name, w) for name, w in weights.items()}
         encoders = [copies.get("text_encoder" if i == 0 else f"text_encoder_{i + 1}", te)
                     for i, te in enumerate(components.text_encoders)]
         return replace(components, unet=copies.get("unet", components.unet), text_encoders=encoders)

@@ -53,11 +53,11 @@ class TrainingRun:
     sharding: object | None = None  # train.fsdp.ShardedParts when the launch asked for FSDP
 
     def whole_components(self) -> ModelComponents | None:
-        """Collective when sharded: the components with whole weights on the main process (None on the others)."""
+        """Collective when sharded: the components with whole weights on the main process (None on the others);
+        sharded parts gathered into host memory (a checkpoint is written from there)."""
         if self.sharding is None:
             return self.components
-        return self.sharding.gathered_components(self.components, self.accelerator.is_main_process,
-                                                 self.accelerator.device)
+        return self.sharding.gathered_components(self.components, self.accelerator.is_main_process)
 
 
 @signals.deferring  # SIGINT / SIGTERM: finish the step, save, stop (stop_on_signal)
@@ -130,8 +130,7 @@ def train(run: TrainingRun) -> Progress:
         bar.set_postfix(loss=f"{run.logger.smoothed or float('nan'):.4f}", epoch=position.epoch, refresh=False)
 
         saved = checkpoint_due(cfg, progress.step, run.total_steps, position.epoch > epoch_before, position.epoch)
-        if saved:
-            save(run)
+        whole = save(run) if saved else None  # the weights the model was written from (sharded: gathered once)
         sample = run.samples is not None and run.samples.due(progress.step)
         # Validation (tunelab.validate): at its own cadence and at every checkpoint (decided on the main process).
         validate = run.validation is not None and run.validation.due(progress.step, checkpoint=saved)
@@ -139,7 +138,9 @@ def train(run: TrainingRun) -> Progress:
         if run.sharding is not None:  # gathering the weights is collective: every process takes part
             wanted = any_process(accelerator, wanted)
         if wanted:
-            whole = run.whole_components()
+            whole = whole if saved else run.whole_components()
+            if run.sharding is not None and whole is not None:
+                whole.to(accelerator.device)  # the gathered copy, sampled on the accelerator
             if sample:
                 run.samples.render(whole, progress.step, run.logger)
             if validate:
@@ -235,8 +236,9 @@ def stop_on_signal(run: TrainingRun, bar, saved: bool) -> None:
                                       "--resume latest", step=run.progress.step)
 
 
-def save(run: TrainingRun, *, save_state: bool | None = None) -> None:
-    """Model (with EMA weights when EMA is on) + training state (`checkpoint.save_state` unless told)."""
+def save(run: TrainingRun, *, save_state: bool | None = None) -> ModelComponents | None:
+    """Model (with EMA weights when EMA is on) + training state (`checkpoint.save_state` unless told). Returns the
+    components the model was written from (`TrainingRun.whole_components`)."""
     cfg = run.config
     # offloaded frozen parts are streamed from their files into the checkpoint, never loaded back (peak memory)
     frozen = run.offloaded.sources(run.components.named_parts()) if run.offloaded is not None else None
@@ -250,3 +252,4 @@ def save(run: TrainingRun, *, save_state: bool | None = None) -> None:
                         sharded=run.sharding is not None)
     if run.accelerator.is_main_process:
         prune_checkpoints(cfg.train.output_dir, cfg.checkpoint.keep_last)
+    return whole
