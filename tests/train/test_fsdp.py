@@ -2,7 +2,7 @@
 machine and process counts they say); `tunelab train` under `accelerate launch` with an FSDP config trains sharded
 (2 CPU processes, gloo): the same losses as one process, checkpoints written shard by shard that resume exactly after
 a SIGKILL (and in one unsharded process), a model export holding the whole weights; what it does not run (DeepSpeed,
-FSDP version 1, EMA of sharded weights, resuming an unsharded checkpoint) is refused in one line before any step."""
+FSDP version 1, resuming an unsharded checkpoint) is refused in one line before any step."""
 
 import json
 import os
@@ -49,13 +49,12 @@ def test_example_configs_are_what_accelerate_reads():
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, "asks for DeepSpeed"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "asks for FSDP version 1"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "EVERYTHING"}, "EVERYTHING"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, "train.ema_decay with FSDP"),
 ])
 def test_what_a_sharded_launch_cannot_run_is_refused_in_one_line(train_tiny, monkeypatch, environment, refused):
     for variable, value in environment.items():  # what `accelerate launch --config_file` sets for such a config
         monkeypatch.setenv(variable, value)
     with pytest.raises(TunelabError) as error:
-        train_tiny(train={"ema_decay": 0.9})
+        train_tiny()
     assert refused in str(error.value) and "\n" not in str(error.value)
 
 
@@ -81,8 +80,8 @@ fsdp_config:
   fsdp_reshard_after_forward: true
   fsdp_state_dict_type: SHARDED_STATE_DICT
 """
-# the DDP test's run, with checkpoints every 3 steps and samples every 4 (gathered from the shards)
-RUN_TOML = DDP_TOML.replace("max_steps = 10", "max_steps = 8").replace(
+# the DDP test's run, with EMA, checkpoints every 3 steps and samples every 4 (gathered from the shards)
+RUN_TOML = DDP_TOML.replace("max_steps = 10", "max_steps = 8\nema_decay = 0.9").replace(
     "every_n_epochs = 0\n", "every_n_epochs = 0\nevery_n_steps = 3\n") + """sample_every_n_steps = 4
 sample_prompts = ["red circle"]
 sample_steps = 2
@@ -102,9 +101,10 @@ def kill_launch(launcher: subprocess.Popen) -> None:
 
 def test_fsdp_launch_trains_sharded_like_one_process_and_resumes_exactly_after_sigkill(tmp_path):
     """`accelerate launch --config_file fsdp.yaml -m tunelab.cli train`: 2 processes, each holding half of every
-    trained tensor (UNet and both text encoders), a global batch of 2 from the real loader; one process with the
-    whole batch logs the same losses. A launch killed (SIGKILL, every process) after its first checkpoint resumes with
-    `--resume latest` to the straight run's state bit for bit; one unsharded process resumes the same checkpoint."""
+    trained tensor (UNet and both text encoders, and the UNet's EMA), a global batch of 2 from the real loader; one
+    process with the whole batch logs the same losses and exports nearly the same EMA weights. A launch killed
+    (SIGKILL, every process) after its first checkpoint resumes with `--resume latest` to the straight run's state bit
+    for bit; one unsharded process resumes the same checkpoint."""
     from typer.testing import CliRunner
 
     from tunelab.cli import app
@@ -166,14 +166,25 @@ def test_fsdp_launch_trains_sharded_like_one_process_and_resumes_exactly_after_s
     assert [v for _, v in losses["sharded"]] == pytest.approx([v for _, v in losses["one"]], abs=1e-5)
     # the killed launch, resumed: the straight run's steps and state, bit for bit
     assert losses["killed"][-5:] == losses["sharded"][3:] and [s for s, _ in losses["killed"]] == list(range(1, 9))
-    whole = {name: merged_weights(tmp_path / name / end / "state/sharded") for name in ("sharded", "killed")}
-    assert whole["sharded"].keys() == whole["killed"].keys()
-    assert {k.split(".")[0] for k in whole["sharded"]} == {"unet", "text_encoder", "text_encoder_2"}
-    assert all(torch.equal(whole["sharded"][k], whole["killed"][k]) for k in whole["sharded"])
-    # the model export holds the whole weights, gathered from the shards: the same tensors as the merged state
-    for part, file in (("unet", "unet/diffusion_pytorch_model.safetensors"), ("text_encoder_2", "text_encoder_2/model.safetensors")):
+    for key in ("model", "ema"):  # the trained weights and the EMA weights, from the shards
+        whole = {name: merged_weights(tmp_path / name / end / "state/sharded", key) for name in ("sharded", "killed")}
+        assert whole["sharded"].keys() == whole["killed"].keys()
+        assert all(torch.equal(whole["sharded"][k], whole["killed"][k]) for k in whole["sharded"]), key
+    raw, ema = (merged_weights(tmp_path / "sharded" / end / "state/sharded", key) for key in ("model", "ema"))
+    assert {k.split(".")[0] for k in raw} == {"unet", "text_encoder", "text_encoder_2"} and set(ema) == {
+        k for k in raw if k.startswith("unet.")}
+    # the model export holds the whole weights gathered from the shards: the UNet's EMA weights, the text encoders'
+    for part, file, weights in (("unet", "unet/diffusion_pytorch_model.safetensors", ema),
+                                ("text_encoder_2", "text_encoder_2/model.safetensors", raw)):
         exported = load_file(tmp_path / "sharded" / end / "model" / file)
-        assert all(torch.equal(exported[k], whole["sharded"][f"{part}.{k}"]) for k in exported), part
+        assert all(torch.equal(exported[k], weights[f"{part}.{k}"]) for k in exported), part
+    assert not all(torch.equal(ema[k], raw[k]) for k in ema)
+    # the one-process run's EMA export: the same up to float rounding amplified by Adam (as for DDP)
+    one, base = (load_file(folder / "unet/diffusion_pytorch_model.safetensors")
+                 for folder in (tmp_path / "one" / end / "model", tmp_path / "base"))
+    sharded_unet = torch.cat([ema[f"unet.{k}"].flatten() for k in sorted(one)])
+    one_unet, base_unet = (torch.cat([w[k].flatten() for k in sorted(one)]) for w in (one, base))
+    assert (one_unet - sharded_unet).norm() < 0.01 * (one_unet - base_unet).norm()
     assert sorted(p.name for p in (tmp_path / "sharded/samples").iterdir()) == ["step-000004", "step-000008"]
     # one unsharded process resumes the sharded checkpoint (torch.distributed.checkpoint reshards on load)
     assert [v for _, v in losses["unsharded_resume"][-5:]] == pytest.approx([v for _, v in losses["sharded"][3:]], abs=1e-5)

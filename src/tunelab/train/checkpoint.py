@@ -92,13 +92,14 @@ def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         (tmp / STATE).mkdir(parents=True)
         model_path = tmp / ("model" if model_format == "diffusers" else "model.safetensors")
-        if ema is not None:
+        swap = ema is not None and not sharded  # sharded: the caller gathered the EMA weights into the components
+        if swap:
             ema.store(ema_parameters)
             ema.copy_to(ema_parameters)
         try:
             save_model(model_components, model_path, format=model_format, dtype=model_dtype, frozen=frozen)
         finally:
-            if ema is not None:
+            if swap:
                 ema.restore(ema_parameters)
         if save_state:
             for name, module in ({} if sharded else trained_parts).items():
@@ -106,11 +107,12 @@ def save_checkpoint(accelerator, output_dir: Path, progress: Progress, *, model_
             with atomic.atomic_path(tmp / STATE / "optimizer.pt") as p:
                 torch.save({"optimizer": None if sharded else optimizer.state_dict(),
                             "lr_scheduler": lr_scheduler.state_dict(),
-                            "ema": ema.state_dict() if ema is not None else None}, p)
+                            "ema": ema_state(ema, without_weights=sharded)}, p)
             atomic.write_json(tmp / STATE / "progress.json", asdict(progress))
     accelerator.wait_for_everyone()
     if save_state and sharded:
-        save_sharded(tmp / STATE / SHARDED, trained_parts, getattr(optimizer, "optimizer", optimizer))
+        save_sharded(tmp / STATE / SHARDED, trained_parts, getattr(optimizer, "optimizer", optimizer),
+                     ema_tensors(ema, ema_parameters, trained_parts))
     if save_state:
         with atomic.atomic_path(tmp / STATE / f"rng_{accelerator.process_index}.pt") as p:
             torch.save(rng_states(), p)
@@ -151,14 +153,15 @@ def find_checkpoint(output_dir: Path, resume: str | Path) -> Path:
 
 
 def load_checkpoint(accelerator, path: Path, *, trained_parts: dict[str, torch.nn.Module], optimizer, lr_scheduler,
-                    ema=None, sharded: bool = False) -> Progress:
+                    ema=None, ema_parameters=None, sharded: bool = False) -> Progress:
     """Collective. A checkpoint of a sharded (FSDP) run resumes with any number of processes, sharded or not
     (torch.distributed.checkpoint reshards on load); one of an unsharded run resumes unsharded."""
     from safetensors.torch import load_file
 
     state = Path(path) / STATE
     if (state / SHARDED).is_dir():
-        load_sharded(state / SHARDED, trained_parts, getattr(optimizer, "optimizer", optimizer))
+        load_sharded(state / SHARDED, trained_parts, getattr(optimizer, "optimizer", optimizer),
+                     ema_tensors(ema, ema_parameters, trained_parts))
     elif sharded:
         raise fail(path, "was written by an unsharded run: resume it without FSDP (a DDP or one-process launch)")
     for name, module in ({} if (state / SHARDED).is_dir() else trained_parts).items():
@@ -178,6 +181,22 @@ def load_checkpoint(accelerator, path: Path, *, trained_parts: dict[str, torch.n
     if rng.exists():  # a run resumed with more processes than it had: the new ones keep their own seeds
         set_rng_states(torch.load(rng, weights_only=True))
     return Progress(**json.loads((state / "progress.json").read_text()))
+
+
+def ema_state(ema, *, without_weights: bool) -> dict | None:
+    """EMA's settings and step count, and (unless kept in the shards) its weights."""
+    if ema is None:
+        return None
+    return {k: v for k, v in ema.state_dict().items() if not (without_weights and k == "shadow_params")}
+
+
+def ema_tensors(ema, ema_parameters, trained_parts: dict[str, torch.nn.Module]) -> dict | None:
+    """A sharded checkpoint's EMA weights, named as the UNet's parameters they follow: {"ema": {"unet.<name>": w}}
+    (saved and loaded in place by torch.distributed.checkpoint)."""
+    if ema is None:
+        return None
+    names = {id(p): f"unet.{n}" for n, p in trained_parts["unet"].named_parameters()} if "unet" in trained_parts else {}
+    return {"ema": {names[id(p)]: shadow for p, shadow in zip(ema_parameters, ema.shadow_params)}}
 
 
 def prune_checkpoints(output_dir: Path, keep_last: int | None) -> None:

@@ -15,8 +15,8 @@ parameters number more than `fsdp_min_num_params` (SIZE_BASED_WRAP) or whose cla
 `fsdp_transformer_layer_cls_to_wrap` (TRANSFORMER_BASED_WRAP; default: the model's `_no_split_modules`) becomes its
 own shard group; the module itself always is one (NO_WRAP: only it).
 
-What a sharded run cannot do as a DDP run does, the model's whole weights, is done by gathering them
-(`gathered_components`, collective): for every checkpoint's model export, for samples and for validation."""
+Where an unsharded run uses its whole modules (each checkpoint's model export, samples, validation), a sharded run
+first gathers the whole weights into host memory on the main process (`gathered_components`, collective)."""
 
 from __future__ import annotations
 
@@ -70,13 +70,6 @@ class FsdpSettings:
         return False
 
 
-def refuse_unsupported_with_fsdp(config) -> None:
-    """What a sharded run does not do yet, refused before any step."""
-    if config.train.ema_decay:
-        raise TunelabError("train.ema_decay with FSDP: EMA of sharded weights is not supported yet; "
-                           "train without EMA or launch with a DDP config")  # fmt: skip
-
-
 class ShardedParts:
     """The trained modules of a run, sharded in place (`fully_shard` keeps each module object and its parameter
     names; the parameters become DTensors, so the optimizer must be built afterwards)."""
@@ -105,7 +98,6 @@ class ShardedParts:
                     fully_shard(sub, **own)
             fully_shard(module, **{k: v for k, v in own.items() if k != "reshard_after_forward"})  # root: torch's rule
             keep_output_capturing(module)
-        self.groups = [m for module in parts.values() for m in module.modules() if isinstance(m, FSDPModule)]
 
     def set_gradient_sync(self, sync: bool) -> None:
         """Gradient accumulation: reduce-scatter only on the step's last micro-batch (DDP's no_sync)."""

@@ -138,7 +138,7 @@ def train(run: TrainingRun) -> Progress:
         if run.sharding is not None:  # gathering the weights is collective: every process takes part
             wanted = any_process(accelerator, wanted)
         if wanted:
-            whole = whole if saved else run.whole_components()
+            whole = whole if saved and run.ema is None else run.whole_components()  # samples show the raw weights
             if run.sharding is not None and whole is not None:
                 whole.to(accelerator.device)  # the gathered copy, sampled on the accelerator
             if sample:
@@ -242,7 +242,7 @@ def save(run: TrainingRun, *, save_state: bool | None = None) -> ModelComponents
     cfg = run.config
     # offloaded frozen parts are streamed from their files into the checkpoint, never loaded back (peak memory)
     frozen = run.offloaded.sources(run.components.named_parts()) if run.offloaded is not None else None
-    whole = run.whole_components()  # sharded: gathered for the model export (collective)
+    whole = whole_for_export(run)
     with writing_checkpoint(cfg.train.output_dir, run.progress.step):  # a full disk: one line
         save_checkpoint(run.accelerator, cfg.train.output_dir, run.progress, model_components=whole,
                         trained_parts=run.plan.trained_modules(), optimizer=run.optimizer,
@@ -253,3 +253,17 @@ def save(run: TrainingRun, *, save_state: bool | None = None) -> ModelComponents
     if run.accelerator.is_main_process:
         prune_checkpoints(cfg.train.output_dir, cfg.checkpoint.keep_last)
     return whole
+
+
+def whole_for_export(run: TrainingRun) -> ModelComponents | None:
+    """What the model export is written from. Sharded: gathered (collective), with the EMA weights when EMA is on
+    (unsharded runs swap them in on the main process while writing: checkpoint.save_checkpoint)."""
+    if run.sharding is None or run.ema is None:
+        return run.whole_components()
+    parameters = run.plan.parts["unet"].parameters()
+    run.ema.store(parameters)
+    run.ema.copy_to(parameters)  # every process its own shards
+    try:
+        return run.whole_components()
+    finally:
+        run.ema.restore(parameters)

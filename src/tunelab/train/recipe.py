@@ -24,7 +24,7 @@ from tunelab.train.checkpoint import Progress, find_checkpoint, load_checkpoint
 from tunelab.train.compile import CompileClock, compile_for_training
 from tunelab.train.config import RunConfig
 from tunelab.train.engines import refuse_unsupported_engine, without_accelerate_fsdp
-from tunelab.train.fsdp import FsdpSettings, ShardedParts, refuse_unsupported_with_fsdp
+from tunelab.train.fsdp import FsdpSettings, ShardedParts
 from tunelab.train.logs import TrainLogger
 from tunelab.train.loop import TrainingRun, train
 from tunelab.train.noise import training_scheduler
@@ -128,7 +128,8 @@ def build_run(config: RunConfig, components: ModelComponents, batches: BatchSour
     if resume is not None:
         checkpoint = find_checkpoint(config.train.output_dir, resume)
         progress = load_checkpoint(accelerator, checkpoint, trained_parts=plan.trained_modules(), optimizer=optimizer,
-                                   lr_scheduler=lr_scheduler, ema=ema, sharded=sharding is not None)
+                                   lr_scheduler=lr_scheduler, ema=ema, ema_parameters=plan.parts["unet"].parameters(),
+                                   sharded=sharding is not None)
         if accelerator.is_main_process:
             print(f"resumed from {checkpoint} at step {progress.step}", file=sys.stderr)
     output = Path(config.train.output_dir)
@@ -147,7 +148,6 @@ def shard_if_asked(config: RunConfig, plan, accelerator) -> ShardedParts | None:
     settings = FsdpSettings.from_launch()
     if settings is None:
         return None
-    refuse_unsupported_with_fsdp(config)  # with one process too: the config must not fail only once scaled out
     if accelerator.num_processes == 1:  # nothing to shard over: the run trains as any one-process run
         if accelerator.is_main_process:
             print("FSDP asked for with one process: training unsharded", file=sys.stderr)

@@ -28,25 +28,28 @@ def _state(parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) 
     return container, {MODEL: model_state, OPTIMIZER: optimizer_state}
 
 
-def save_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
+def save_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                 extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
     """Each process writes its shards of `parts`' weights and of the optimizer state into `folder` (which the
-    caller renames into place when every process is done, as for any checkpoint)."""
+    caller renames into place when every process is done, as for any checkpoint). `extra`: more named tensors
+    (e.g. {"ema": EMA weights}), sharded or not, saved beside them."""
     import torch.distributed.checkpoint as dcp
 
     _, state = _state(parts, optimizer)
-    dcp.save(state, checkpoint_id=str(folder))
+    dcp.save({**state, **(extra or {})}, checkpoint_id=str(folder))
 
 
-def load_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
-    """Restore `parts`' weights and the optimizer state saved by `save_sharded`, in place (sharded as `parts` are
-    now, or not at all: the number of processes may differ from the saving run's)."""
+def load_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                 extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """Restore `parts`' weights, the optimizer state and the `extra` tensors saved by `save_sharded`, in place
+    (sharded as they are now, or not at all: the number of processes may differ from the saving run's)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     container, state = _state(parts, optimizer)
     with warnings.catch_warnings():  # one process without a process group: DCP says it loads in one process, as meant
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        dcp.load(state, checkpoint_id=str(folder))
+        dcp.load({**state, **(extra or {})}, checkpoint_id=str(folder))
     # the step's implementation stays this run's (unsharded parameters may use the fused kernel, DTensors not)
     kernels = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in optimizer.param_groups]
     set_state_dict(container, optimizer, model_state_dict=state[MODEL], optim_state_dict=state[OPTIMIZER])
@@ -54,12 +57,13 @@ def load_sharded(folder: Path, parts: dict[str, torch.nn.Module], optimizer: tor
         group.update(own)
 
 
-def merged_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The full weights of a sharded checkpoint, read in this one process: {"<part>.<name>": tensor}."""
+def merged_weights(folder: Path, key: str = MODEL) -> dict[str, torch.Tensor]:
+    """The full tensors under `key` of a sharded checkpoint ("model": the trained weights; "ema": the EMA weights
+    when the run kept them), read in this one process: {"<part>.<name>": tensor}."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         whole = Path(tmp) / "whole.pt"
         dcp_to_torch_save(str(folder), str(whole))  # the public way to read DCP without a process group
         state = torch.load(whole, map_location="cpu", weights_only=True)
-    return {name: tensor.contiguous() for name, tensor in state[MODEL].items()}
+    return {name: tensor.contiguous() for name, tensor in state[key].items()}
