@@ -5,7 +5,8 @@ largest difference between their logged losses, and each launch's wall time.
 Settings: UNet + both text encoders trained (the default here), gradient checkpointing, attention-only UNet with
 frozen text encoders, text encoders only, gradient accumulation with the text encoders stopped half-way, clipping,
 torch.compile of the sharded modules, bf16 mixed precision (weights gathered in bf16 under FSDP, against autocast
-over fp32 weights in one process: not the same arithmetic, so a larger difference is expected there).
+over fp32 weights in one process: not the same arithmetic, so a larger difference is expected there), Lion (its
+update is the sign of a sum: rounding differences near zero flip whole steps, so larger differences there too).
 
 Run: .venv/bin/python bench/fsdp_equivalence.py [--processes 2] [--steps 4] [SETTING ...]
 CPU: gloo. On a machine with at least N GPUs the launch uses them (NCCL); accelerate refuses two ranks on one GPU."""
@@ -40,6 +41,8 @@ learning_rate = 1e-4
 [unet]
 learning_rate = 1e-3
 {unet}
+[optimizer]
+{optimizer}
 [checkpoint]
 every_n_epochs = 0
 [logging]
@@ -69,6 +72,7 @@ SETTINGS = {  # name: what changes from UNet + text encoders trained
     "clip 0.01": {"train": "max_grad_norm = 0.01"},
     "bf16": {"train": 'mixed_precision = "bf16"'},
     "compile": {"train": "compile = true"},
+    "lion": {"unet": "", "optimizer": 'type = "lion"'},
 }
 
 
@@ -92,7 +96,7 @@ def setup(folder: Path, processes: int) -> None:
     (folder / "fsdp.yaml").write_text(FSDP.format(processes=processes,
                                                   cpu=str(torch.cuda.device_count() < processes).lower()))
     (folder / "prepare.toml").write_text(TOML.format(name="prepare", steps=1, batch_size=1, train="", te_mode="on",
-                                                     text_encoder="", unet=""))  # fmt: skip
+                                                     text_encoder="", unet="", optimizer=""))  # fmt: skip
     subprocess.run([sys.executable, "-m", "tunelab.cli", "prepare", "prepare.toml", "--quiet"], cwd=folder, check=True,
                    capture_output=True)
 
@@ -122,7 +126,7 @@ def main() -> None:
         setup(folder, args.processes)
         print(f"{'setting':<26}{'max |loss diff|':>16}{'loss 1 → last':>18}{'1 process s':>13}{'FSDP s':>9}")
         for name in args.settings or SETTINGS:
-            change = {"train": "", "unet": "", "text_encoder": "", "te_mode": "on", **SETTINGS[name]}
+            change = {"train": "", "unet": "", "text_encoder": "", "te_mode": "on", "optimizer": "", **SETTINGS[name]}
             runs = {}
             for kind, batch_size, command in (
                     ("one", args.processes, [sys.executable, "-m", "tunelab.cli", "train"]),

@@ -2,7 +2,8 @@
 machine and process counts they say); `tunelab train` under `accelerate launch` with an FSDP config trains sharded
 (2 CPU processes, gloo): the same losses as one process, checkpoints written shard by shard that resume exactly after
 a SIGKILL (and in one unsharded process), a model export holding the whole weights; what it does not run (DeepSpeed,
-FSDP version 1, resuming an unsharded checkpoint) is refused in one line before any step."""
+FSDP version 1, optimizers that cannot step sharded tensors, resuming an unsharded checkpoint) is refused in one
+line before any step."""
 
 import json
 import os
@@ -49,12 +50,16 @@ def test_example_configs_are_what_accelerate_reads():
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, "asks for DeepSpeed"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "asks for FSDP version 1"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "EVERYTHING"}, "EVERYTHING"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "optimizer": "adafactor"}, "'adafactor' with FSDP"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "optimizer": "adamw8bit"}, "'adamw8bit' with FSDP"),
 ])
 def test_what_a_sharded_launch_cannot_run_is_refused_in_one_line(train_tiny, monkeypatch, environment, refused):
+    environment = dict(environment)
+    optimizer = environment.pop("optimizer", "adamw")
     for variable, value in environment.items():  # what `accelerate launch --config_file` sets for such a config
         monkeypatch.setenv(variable, value)
     with pytest.raises(TunelabError) as error:
-        train_tiny()
+        train_tiny(optimizer={"type": optimizer})
     assert refused in str(error.value) and "\n" not in str(error.value)
 
 

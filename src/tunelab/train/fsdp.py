@@ -70,6 +70,21 @@ class FsdpSettings:
         return False
 
 
+SHARDING_UNAWARE_OPTIMIZERS = {  # optimizer.type: why it cannot step sharded (DTensor) parameters
+    "adamw8bit": "bitsandbytes' 8-bit optimizers do not handle sharded parameters (its issues 89 and 1633)",
+    "adafactor": "transformers' Adafactor mixes plain tensors into sharded ones and fails at its first step",
+}
+
+
+def refuse_unsupported_with_fsdp(config) -> None:
+    """What a sharded run cannot do, refused before any step (with one process too: a config must not fail only
+    once scaled out)."""
+    why = SHARDING_UNAWARE_OPTIMIZERS.get(config.optimizer.type)
+    if why:
+        raise TunelabError(f"optimizer.type {config.optimizer.type!r} with FSDP: {why}; use \"adamw\" (sharded, its "
+                           "states already take 1/N of the memory per process) or \"lion\"")  # fmt: skip
+
+
 class ShardedParts:
     """The trained modules of a run, sharded in place (`fully_shard` keeps each module object and its parameter
     names; the parameters become DTensors, so the optimizer must be built afterwards)."""

@@ -24,7 +24,7 @@ from tunelab.train.checkpoint import Progress, find_checkpoint, load_checkpoint
 from tunelab.train.compile import CompileClock, compile_for_training
 from tunelab.train.config import RunConfig
 from tunelab.train.engines import refuse_unsupported_engine, without_accelerate_fsdp
-from tunelab.train.fsdp import FsdpSettings, ShardedParts
+from tunelab.train.fsdp import FsdpSettings, ShardedParts, refuse_unsupported_with_fsdp
 from tunelab.train.logs import TrainLogger
 from tunelab.train.loop import TrainingRun, train
 from tunelab.train.noise import training_scheduler
@@ -148,6 +148,7 @@ def shard_if_asked(config: RunConfig, plan, accelerator) -> ShardedParts | None:
     settings = FsdpSettings.from_launch()
     if settings is None:
         return None
+    refuse_unsupported_with_fsdp(config)
     if accelerator.num_processes == 1:  # nothing to shard over: the run trains as any one-process run
         if accelerator.is_main_process:
             print("FSDP asked for with one process: training unsharded", file=sys.stderr)
