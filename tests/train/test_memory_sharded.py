@@ -166,8 +166,13 @@ def test_dry_run_with_shards_prints_per_process_numbers_that_follow_n(tmp_path):
         assert 1 <= n * estimates[n].gradients / estimates[1].gradients < 1.01
         assert 1 <= n * estimates[n].optimizers["adamw"][0].bytes / estimates[1].optimizers["adamw"][0].bytes < 1.01
         assert weights[n]["vae"] == weights[1]["vae"] and weights[n]["text_encoder"] == weights[1]["text_encoder"]
+    others = next(line for line in result.output.splitlines() if "other optimizers, peak" in line)
+    assert "lion" in others and "adamw8bit" not in others and "adafactor" not in others  # FSDP refuses them
     refused = CliRunner().invoke(app, ["train", str(tmp_path / "run.toml"), "--shards", "8"])
     assert isinstance(refused.exception, TunelabError) and "--shards goes with --dry-run" in str(refused.exception)
+    (tmp_path / "adafactor.toml").write_text((tmp_path / "run.toml").read_text() + '[optimizer]\ntype = "adafactor"\n')
+    adafactor = CliRunner().invoke(app, ["train", str(tmp_path / "adafactor.toml"), "--dry-run", "--shards", "8"])
+    assert adafactor.exit_code == 0 and "optimizer.type 'adafactor' is refused with FSDP" in adafactor.output
 
 
 def test_dry_run_under_an_fsdp_launch_takes_its_processes_and_wrapping(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tunelab.train.config import RunConfig
-from tunelab.train.fsdp import FsdpSettings
+from tunelab.train.fsdp import SHARDING_UNAWARE_OPTIMIZERS, FsdpSettings
 from tunelab.train.memory_estimate import (DTYPE_BYTES, OPTIMIZERS, MemoryEstimate, MemoryPart, Timeline,
                                            backward_working, gib, optimizer_estimate)
 from tunelab.train.parameters import TrainablePlan
@@ -154,7 +154,8 @@ def sharded_estimate(whole: MemoryEstimate, timeline: Timeline, plan: TrainableP
                for p in whole.weights]
     local = [local_shape(s, shards) for g in groups.values() for group in g for s, trained in group.params if trained]
     host = 0 if on_host else 1
-    optimizers = sharded_optimizers(local, master, getattr(config.optimizer, "implementation", "auto"), on_host)
+    optimizers = sharded_optimizers(local, master, getattr(config.optimizer, "implementation", "auto"), on_host,
+                                    config.optimizer.type)
     gathered = [gathered_part(name, groups[name], shards, gathered_bytes, settings) for name in sharded]
     # the peak is in the UNet's backward when it trains (the text encoders' backward comes after it): its groups'
     # gradients are the ones in flight then
@@ -174,11 +175,12 @@ def sharded_estimate(whole: MemoryEstimate, timeline: Timeline, plan: TrainableP
                    sharding=Sharding(shards, settings, whole.peak()))
 
 
-def sharded_optimizers(local: list[Shape], master: int, implementation: str,
-                       on_host: bool) -> dict[str, tuple[MemoryPart, int]]:
-    """Every optimizer's (states, step temporaries) for the local shards; offloaded: stepped in host memory."""
+def sharded_optimizers(local: list[Shape], master: int, implementation: str, on_host: bool,
+                       configured: str) -> dict[str, tuple[MemoryPart, int]]:
+    """The (states, step temporaries) for the local shards of every optimizer a sharded run can step (and of the
+    configured one, which training then refuses if it cannot); offloaded: stepped in host memory."""
     optimizers = {}
-    for kind in OPTIMIZERS:
+    for kind in (k for k in OPTIMIZERS if k not in SHARDING_UNAWARE_OPTIMIZERS or k == configured):
         states, step_extra = optimizer_estimate(kind, local, master, implementation)
         if on_host:
             states, step_extra = replace(states, bytes=0, note=states.note + ", in host memory"), 0

@@ -24,7 +24,7 @@ from tunelab.train.checkpoint import Progress, find_checkpoint, load_checkpoint
 from tunelab.train.compile import CompileClock, compile_for_training
 from tunelab.train.config import RunConfig
 from tunelab.train.engines import refuse_unsupported_engine, without_accelerate_fsdp
-from tunelab.train.fsdp import FsdpSettings, ShardedParts, refuse_unsupported_with_fsdp
+from tunelab.train.fsdp import SHARDING_UNAWARE_OPTIMIZERS, FsdpSettings, ShardedParts, refuse_unsupported_with_fsdp
 from tunelab.train.logs import TrainLogger
 from tunelab.train.loop import TrainingRun, train
 from tunelab.train.noise import training_scheduler
@@ -52,7 +52,9 @@ def dry_run(config: RunConfig, components: ModelComponents | None = None, shards
     components = components or load_model_structure(config.model.path)
     plan = plan_trainable(components, config)
     processes, settings = requested_sharding(shards)
-    return format_dry_run(plan) + "\n\n" + estimate_memory(components, plan, config, processes, settings).format()
+    report = format_dry_run(plan) + "\n\n" + estimate_memory(components, plan, config, processes, settings).format()
+    refused = SHARDING_UNAWARE_OPTIMIZERS.get(config.optimizer.type) if processes > 1 else None
+    return report + (f"\n  optimizer.type {config.optimizer.type!r} is refused with FSDP: {refused}" if refused else "")
 
 
 def make_accelerator(config: RunConfig):
