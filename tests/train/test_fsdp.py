@@ -18,7 +18,7 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import launch_command_parser
 from safetensors.torch import load_file
-from test_resume_and_ddp import DDP_ENV, DDP_TOML, accelerate_launch, logged_steps
+from test_resume_and_ddp import DDP_TOML, ENV, accelerate_launch, logged_steps
 from tiny_run import base_config, small_sdxl
 
 from tunelab.errors import TunelabError
@@ -70,6 +70,7 @@ def test_fsdp_request_leaves_accelerate_without_its_plugin(tmp_path, monkeypatch
     assert accelerator.distributed_type.name == "NO" and os.environ["ACCELERATE_USE_FSDP"] == "true"
 
 
+CPU_ENV = {**ENV, "CUDA_VISIBLE_DEVICES": ""}  # the CPU path (gloo) on any machine: the config says use_cpu
 FSDP_CONFIG = """
 compute_environment: LOCAL_MACHINE
 distributed_type: FSDP
@@ -126,7 +127,7 @@ def test_fsdp_launch_trains_sharded_like_one_process_and_resumes_exactly_after_s
     assert prepared.exit_code == 0, prepared.output
 
     def start(*command: str) -> subprocess.Popen:
-        return subprocess.Popen(list(command), env=DDP_ENV, cwd=tmp_path, stdout=subprocess.PIPE,
+        return subprocess.Popen(list(command), env=CPU_ENV, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def finish(process: subprocess.Popen) -> str:
