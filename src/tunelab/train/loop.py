@@ -176,11 +176,8 @@ def synchronised(accelerator, wrapped_modules, sync: bool, sharding=None):
 def clip_gradients(accelerator, parameters: list[torch.nn.Parameter], max_norm: float, optimizer=None) -> float:
     """Total gradient norm, after scaling the gradients down to `max_norm` when it is exceeded (0 = never).
     The gradients are only touched when clipping is needed (torch's clip_grad_norm_ always multiplies); with a
-    fused optimizer the scaling is done by its kernel in the pass it makes anyway (`clip_in_optimizer`)."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # sharded gradients
-        return float(accelerator.clip_grad_norm_(parameters, max_norm or float("inf")))
+    fused optimizer the scaling is done by its kernel in the pass it makes anyway (`clip_in_optimizer`). Sharded
+    (FSDP) gradients: torch's norm over DTensors is the norm of all shards."""
     if getattr(accelerator, "scaler", None) is not None:
         accelerator.unscale_gradients()  # fp16: the norm of the true gradients
     norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
