@@ -3,8 +3,9 @@ saved shard by shard, resumed exactly, and read back whole in one process (`merg
 
 Format: torch.distributed.checkpoint (DCP), as accelerate's FSDP `save_state` writes it: one `__<rank>_0.distcp`
 file per process and a `.metadata` file, under `folder`. What is in it: {"model": the trained modules' weights,
-keyed "<part>.<name>" (e.g. "unet.conv_in.weight"), "optimizer": the optimizer state keyed by those names}, so a
-run resumes with any number of processes (DCP reshards on load), and the merged file needs no process group.
+keyed "<part>.<name>" (e.g. "unet.conv_in.weight"), "optimizer": the optimizer state keyed by those names, and
+what the caller adds, e.g. "ema": the EMA weights by the same names}, so a run resumes with any number of processes
+(DCP reshards on load), and reading it back whole needs no process group.
 
 `save_sharded` and `load_sharded` are collective: all processes call them."""
 
