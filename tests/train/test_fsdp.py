@@ -166,6 +166,9 @@ def test_fsdp_launch_trains_sharded_like_one_process_and_resumes_exactly_after_s
     state = tmp_path / "sharded" / end / "state"
     assert sorted(p.name for p in (state / "sharded").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not list(state.glob("*.safetensors")) and json.loads((state / "progress.json").read_text())["step"] == 8
+    launch = json.loads((tmp_path / "sharded/run.json").read_text())["launch"]
+    assert launch["processes"] == 2 and launch["engine"] == "fsdp" and launch["global_batch"] == 2
+    assert launch["fsdp"]["wrap_policy"] == "SIZE_BASED_WRAP" and launch["fsdp"]["min_num_params"] == 20000
     # sharded against one process: every step's loss (the same global batches, noise and weights)
     losses = {name: logged_steps(tmp_path / name) for name in ("one", "sharded", "killed", "unsharded_resume")}
     assert len(losses["one"]) == 8 and losses["one"][-1][1] != losses["one"][0][1]

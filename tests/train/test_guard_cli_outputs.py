@@ -48,6 +48,7 @@ def test_run_writes_config_versions_seed_tensorboard_and_checkpoint(train_tiny):
     out = run.config.train.output_dir
     record = json.loads((out / "run.json").read_text())
     assert record["seed"] == 7 and record["config"]["train"]["max_steps"] == 5
+    assert record["launch"] == {"processes": 1, "engine": "one process", "global_batch": 4, "fsdp": None}
     assert {"torch", "diffusers", "transformers", "accelerate", "tunelab"} <= record["versions"].keys()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -92,7 +92,7 @@ class ShardedParts:
     def __init__(self, parts: dict[str, torch.nn.Module], settings: FsdpSettings, *, mixed_precision: str):
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
-        self.parts = parts
+        self.parts, self.settings = parts, settings
         # torch's advice on every call of a module whose output is a view; nothing here changes those in place
         # (the sharded runs' losses match unsharded ones: tests/train/test_fsdp.py)
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(\w+\) returned a view tensor")

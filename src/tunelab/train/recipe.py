@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -171,8 +172,17 @@ def make_validator(config: RunConfig, components: ModelComponents, accelerator, 
                      progress=config.logging.progress_bar)
 
 
-def write_run_record(config: RunConfig, path: Path) -> None:
-    """The resolved config, library versions and seed, next to the run's outputs."""
+def launch_record(run: TrainingRun) -> dict:
+    """How the run was launched: processes, engine and global batch (what a rerun needs beside the config)."""
+    processes = run.accelerator.num_processes
+    engine = "fsdp" if run.sharding is not None else "ddp" if processes > 1 else "one process"
+    return {"processes": processes, "engine": engine,
+            "global_batch": run.config.train.batch_size * processes * run.config.train.gradient_accumulation_steps,
+            "fsdp": asdict(run.sharding.settings) if run.sharding is not None else None}
+
+
+def write_run_record(config: RunConfig, path: Path, launch: dict | None = None) -> None:
+    """The resolved config, library versions, seed and launch, next to the run's outputs."""
     import accelerate
     import diffusers
     import transformers
@@ -182,6 +192,7 @@ def write_run_record(config: RunConfig, path: Path) -> None:
     atomic.write_json(path, {
         "config": config.model_dump(mode="json"),
         "seed": config.train.seed,
+        "launch": launch,
         "versions": {"tunelab": tunelab.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__,
                      "python": platform.python_version()},
@@ -195,7 +206,7 @@ def run_training(config: RunConfig, *, components: ModelComponents | None = None
         batches = data_batches(config)
     run = build_run(config, components, batches, resume)
     if run.accelerator.is_main_process:
-        write_run_record(config, Path(config.train.output_dir) / "run.json")
+        write_run_record(config, Path(config.train.output_dir) / "run.json", launch_record(run))
         writer = run.logger.writer
         run.status = RunStatus(config.train.output_dir, total_steps=run.total_steps, step=run.progress.step,
                                flush=writer.flush if writer is not None else None)
