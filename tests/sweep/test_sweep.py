@@ -250,6 +250,20 @@ def test_a_variant_folder_holding_another_run_is_not_taken_for_this_variant(swep
     changed = variant.config.model_copy(update={"text_encoder": variant.config.text_encoder.model_copy(
         update={"learning_rate": 5e-4})})
     assert "holds a run with another text_encoder.learning_rate" in config_conflict(changed)
+    # a run recorded by an older tunelab: a key added since (with its default) is no difference; a key this version
+    # no longer knows is one
+    run_json = variant.config.train.output_dir / "run.json"
+    recorded = run_json.read_text()
+    try:
+        older = json.loads(recorded)
+        del older["config"]["train"]["nonfinite"]
+        run_json.write_text(json.dumps(older))
+        assert config_conflict(variant.config) is None
+        older["config"]["train"]["retired_option"] = 1
+        run_json.write_text(json.dumps(older))
+        assert "holds a run with another train.retired_option" in config_conflict(variant.config)
+    finally:
+        run_json.write_text(recorded)
 
 
 def test_a_bad_override_key_fails_the_whole_sweep_before_training(swept):

@@ -54,6 +54,15 @@ def resume_point(config: RunConfig) -> Path | None:
         return None
 
 
+def with_current_defaults(recorded: dict) -> dict:
+    """A run's recorded config as this version reads it: a key added since (with its default) is no difference;
+    one this version no longer knows is left in place and shows as one."""
+    try:
+        return json.loads(json.dumps(RunConfig.model_validate(recorded).model_dump(mode="json")))
+    except ValueError:  # pydantic's ValidationError: compare what was recorded
+        return recorded
+
+
 def first_difference(old, new, key: str = "") -> str | None:
     """The first dotted key whose value differs between two JSON-like trees (None: equal)."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -74,7 +83,7 @@ def config_conflict(config: RunConfig) -> str | None:
         earlier = json.loads(run_json.read_text(encoding="utf-8"))["config"]
     except (ValueError, KeyError, TypeError):
         return f"{run_json}: unreadable; remove it or the folder to train this variant"
-    difference = first_difference(earlier, json.loads(json.dumps(config.model_dump(mode="json"))))
+    difference = first_difference(with_current_defaults(earlier), json.loads(json.dumps(config.model_dump(mode="json"))))
     if difference:
         return (f"{config.train.output_dir} holds a run with another {difference}; "
                 "remove the folder or rename the variant")
