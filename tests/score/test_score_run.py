@@ -101,6 +101,29 @@ def test_single_file_column_beside_diffusers_base_and_resume(sdxl_models):
     assert json.loads((out / "scoreboard.json").read_text())["results"] == board["results"]
 
 
+def test_a_model_retrained_at_the_same_path_is_scored_again(sdxl_models, tmp_path):
+    """A re-run reuses a model's verdicts only while its weight files are the ones scored: a finetune retrained into
+    the same path (or a record from before model stamps) is sampled and judged again; the untouched base is reused."""
+    probes, judge = load_probes(sdxl_models / "probes.toml"), make_judge("toy")
+    save_model(nudged(tiny_sdxl(seed=0), 1), tmp_path / "ft.safetensors", format="single-file")
+    runs = plan_runs(sdxl_models / "base", [("ft", tmp_path / "ft.safetensors")])
+    first = score_models(probes, judge, runs, tmp_path / "out", progress=False, log=lambda _: None)
+    image = tmp_path / "out" / "models" / "ft" / "images" / "red_circle" / "p00-s6.png"
+    before = pixels(image)
+    save_model(nudged(tiny_sdxl(seed=0), 4), tmp_path / "ft.safetensors", format="single-file")  # retrained
+    messages = []
+    second = score_models(probes, judge, runs, tmp_path / "out", progress=False, log=messages.append)
+    assert any(m.startswith("reused 1") for m in messages) and any(m.startswith("scoring ft") for m in messages)
+    assert not np.array_equal(pixels(image), before) and second["results"]["base"] == first["results"]["base"]
+    record = tmp_path / "out" / "models" / "base" / "judged.json"
+    older = json.loads(record.read_text())
+    del older["model_stamp"]  # as an earlier tunelab wrote it
+    record.write_text(json.dumps(older))
+    third = []
+    score_models(probes, judge, runs, tmp_path / "out", progress=False, log=third.append)
+    assert any(m.startswith("reused 1") for m in third) and any(m.startswith("scoring base") for m in third)
+
+
 def test_same_image_for_same_model_prompt_and_seed_whatever_else_is_scored(sdxl_models, tmp_path):
     probes, judge = load_probes(sdxl_models / "probes.toml"), make_judge("toy")
     alone = score_models(probes, judge, plan_runs(sdxl_models / "base", []), tmp_path / "alone", progress=False,

@@ -10,6 +10,7 @@ from pathlib import Path
 from tunelab.errors import fail
 
 MODEL_INSIDE = ("model", "model.safetensors")  # what `tunelab.train.checkpoint.save_checkpoint` writes
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")  # the files of a model folder that hold its weights
 
 
 def resolve_model_path(path: str | Path) -> Path:

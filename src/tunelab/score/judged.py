@@ -1,7 +1,7 @@
 """Sample every probe with one model, judge every image, and keep the per-image verdicts in `judged.json` beside the
 images (PNG with A1111 infotext). One folder per model, so an interrupted `tunelab score` resumes without sampling
-again the models it finished: a folder whose `judged.json` carries the same probes fingerprint, judge and model is
-reused as it is. When only the judge differs (another judge, a retrained tagger, changed thresholds or toy rules:
+again the models it finished: a folder whose `judged.json` carries the same probes fingerprint, judge and model (its
+path, and a stamp of its weight files: a model retrained at the same path is scored again) is reused as it is. When only the judge differs (another judge, a retrained tagger, changed thresholds or toy rules:
 `Judge.identity`), the saved images are judged again without sampling: they are the same (model, prompt, seed).
 
 Judging runs once per image (`Judge.read`), then every expectation is checked on every image (`Judge.verdict` is
@@ -11,6 +11,7 @@ retain and empty-prompt probe."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from tunelab import atomic
 from tunelab.evaluate.infotext import model_hash, save_png_with_infotext
 from tunelab.evaluate.sampling import SampleRequest, SamplingEngine
+from tunelab.models.model_path import WEIGHT_SUFFIXES, resolve_model_path
 from tunelab.score.judges.base import Judge, Judged
 from tunelab.score.probes import Probe, Probes
 
@@ -40,9 +42,9 @@ class JudgedModel:
     contamination: dict[str, dict[str, list[int]]]  # target → {"retain": 0/1 per retain image, "uncond": ...}
     seconds: dict[str, float]
 
-    def to_dict(self, fingerprint: str, judge: str, judge_identity: str) -> dict:
+    def to_dict(self, fingerprint: str, judge: str, judge_identity: str, stamp: str) -> dict:
         return {"fingerprint": fingerprint, "judge": judge, "judge_identity": judge_identity, "label": self.label,
-                "model": self.path,
+                "model": self.path, "model_stamp": stamp,
                 "passed": self.passed, "score": self.score, "contamination": self.contamination,
                 "seconds": self.seconds}
 
@@ -68,8 +70,19 @@ def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._") or "concept"
 
 
+def model_stamp(model: str | Path) -> str:
+    """Which weights a model path holds now, without reading them: each weight file's name, size and modification
+    time. A model retrained or replaced at the same path is not the one scored before (a copy counts as new too)."""
+    path = resolve_model_path(model)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    stats = "".join(f"{f.relative_to(path.parent).as_posix()}:{f.stat().st_size}:{f.stat().st_mtime_ns}\n"
+                    for f in files)
+    return hashlib.sha256(stats.encode()).hexdigest()[:16]
+
+
 def _record(folder: Path, fingerprint: str, model: str) -> dict | None:
-    """`judged.json` when it is about these probes and this model (whatever the judge), else None."""
+    """`judged.json` when it is about these probes and this model as it is now (whatever the judge), else None;
+    a record without a model stamp (an older tunelab's) counts as another model."""
     record = folder / "judged.json"
     if not record.is_file():
         return None
@@ -77,7 +90,7 @@ def _record(folder: Path, fingerprint: str, model: str) -> dict | None:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None  # unreadable: sampled again (written atomically, so only a foreign edit gets here)
-    if (data.get("fingerprint"), data.get("model")) != (fingerprint, model):
+    if (data.get("fingerprint"), data.get("model"), data.get("model_stamp")) != (fingerprint, model, model_stamp(model)):
         return None
     return data
 
@@ -134,6 +147,7 @@ def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str |
                      batch_size: int = 16, dtype: str | None = None, progress: bool = True) -> JudgedModel:
     """Render every probe with the model at `model_path`, write the images, judge them, write `judged.json`."""
     all_probes = probes.all_probes()
+    stamp = model_stamp(model_path)  # before sampling: the weights these images come from
     started = time.perf_counter()
     images = saved_images(folder, all_probes, probes.fingerprint(), str(model_path))  # judged before: no sampling
     sampled_now = images is None
@@ -155,7 +169,8 @@ def sample_and_judge(probes: Probes, judge: Judge, label: str, model_path: str |
     verdicts.label, verdicts.path = label, str(model_path)
     verdicts.seconds = {"load_and_sample": round(sampled - started, 3), "write_images": round(written - sampled, 3),
                         "judge": round(judged_at - written, 3), "images": len(images)}
-    atomic.write_json(folder / "judged.json", verdicts.to_dict(probes.fingerprint(), judge.name, judge.identity()))
+    atomic.write_json(folder / "judged.json", verdicts.to_dict(probes.fingerprint(), judge.name, judge.identity(),
+                                                               stamp))
     return verdicts
 
 
