@@ -20,7 +20,7 @@ from PIL import Image, PngImagePlugin
 from tunelab.atomic import atomic_path
 from tunelab.errors import fail
 from tunelab.evaluate.samplers import sampler_name
-from tunelab.models.model_path import WEIGHT_SUFFIXES, resolve_model_path
+from tunelab.models.model_path import resolve_model_path, weight_files
 
 NEGATIVE_PREFIX = "Negative prompt:"
 # `Key: value,` where value is a JSON string or runs to the next comma.
@@ -118,7 +118,7 @@ def model_hash(path: str | Path) -> str:
     path = resolve_model_path(path)
     if path.is_file():
         return _sha256(path)[:10]
-    files = sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    files = weight_files(path)
     combined = "".join(f"{f.relative_to(path).as_posix()}:{_sha256(f)}\n" for f in files)
     return hashlib.sha256(combined.encode()).hexdigest()[:10]
 

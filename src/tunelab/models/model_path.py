@@ -13,6 +13,11 @@ MODEL_INSIDE = ("model", "model.safetensors")  # what `tunelab.train.checkpoint.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")  # the files of a model folder that hold its weights
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The files holding a (resolved) model's weights: the file itself, or a folder's weight files in path order."""
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+
+
 def resolve_model_path(path: str | Path) -> Path:
     """`path` itself, or the model inside a trainer checkpoint folder. A folder that is neither a model nor a
     checkpoint is left for the loader to refuse, except two folders users pass by mistake, which get a one-line

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tunelab import atomic
 from tunelab.evaluate.infotext import model_hash, save_png_with_infotext
 from tunelab.evaluate.sampling import SampleRequest, SamplingEngine
-from tunelab.models.model_path import WEIGHT_SUFFIXES, resolve_model_path
+from tunelab.models.model_path import resolve_model_path, weight_files
 from tunelab.score.judges.base import Judge, Judged
 from tunelab.score.probes import Probe, Probes
 
@@ -74,9 +74,8 @@ def model_stamp(model: str | Path) -> str:
     """Which weights a model path holds now, without reading them: each weight file's name, size and modification
     time. A model retrained or replaced at the same path is not the one scored before (a copy counts as new too)."""
     path = resolve_model_path(model)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
     stats = "".join(f"{f.relative_to(path.parent).as_posix()}:{f.stat().st_size}:{f.stat().st_mtime_ns}\n"
-                    for f in files)
+                    for f in weight_files(path))
     return hashlib.sha256(stats.encode()).hexdigest()[:16]
 
 

@@ -24,6 +24,7 @@ from tunelab.errors import TunelabError, fail
 from tunelab.models.components import ModelComponents
 from tunelab.models.io import save_model
 from tunelab.train.batches import DataPosition
+from tunelab.train.engines import any_process
 from tunelab.train.sharded_checkpoint import load_sharded, save_sharded
 
 STATE = "state"  # sub-folder with what resume needs
@@ -69,9 +70,8 @@ def check_finite(parts: dict[str, torch.nn.Module], accelerator=None) -> None:
     process raises (collective), so none is left waiting for the others."""
     bad = next((f"{part_name}.{name}" for part_name, module in parts.items() for name, p in module.named_parameters()
                 if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()), None)
-    if accelerator is not None and accelerator.num_processes > 1:
-        anywhere = accelerator.reduce(torch.tensor(int(bad is not None), device=accelerator.device), "max")
-        bad = bad or ("a sharded parameter on another process" if int(anywhere) else None)
+    if accelerator is not None and any_process(accelerator, bad is not None):
+        bad = bad or "a sharded parameter on another process"
     if bad is not None:
         raise TunelabError(f"{bad} has non-finite values; checkpoint not written")
 
@@ -159,12 +159,13 @@ def load_checkpoint(accelerator, path: Path, *, trained_parts: dict[str, torch.n
     from safetensors.torch import load_file
 
     state = Path(path) / STATE
-    if (state / SHARDED).is_dir():
+    written_sharded = (state / SHARDED).is_dir()
+    if written_sharded:
         load_sharded(state / SHARDED, trained_parts, getattr(optimizer, "optimizer", optimizer),
                      ema_tensors(ema, ema_parameters, trained_parts))
     elif sharded:
         raise fail(path, "was written by an unsharded run: resume it without FSDP (a DDP or one-process launch)")
-    for name, module in ({} if (state / SHARDED).is_dir() else trained_parts).items():
+    for name, module in ({} if written_sharded else trained_parts).items():
         weights = state / f"{name}.safetensors"
         if not weights.exists():
             raise fail(path, f"has no saved weights for {name} (was it trained with another text_encoder.mode?)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import torch
+
 from tunelab.errors import TunelabError
 
 FSDP_VARIABLE = "ACCELERATE_USE_FSDP"  # what `accelerate launch` sets for a config with distributed_type FSDP
@@ -22,6 +24,14 @@ def refuse_unsupported_engine() -> None:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         raise TunelabError("the accelerate config asks for DeepSpeed, which tunelab does not train with; use an FSDP "
                            "config (examples/accelerate/fsdp_2node_8gpu.yaml) or a DDP one (see docs/MULTI_NODE.md)")  # fmt: skip
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """Collective: whether `flag` is true on any process (e.g. validation, decided on the main process only; a
+    non-finite shard, seen by one process)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(int(flag), device=accelerator.device), "max"))
 
 
 @contextlib.contextmanager

@@ -158,10 +158,3 @@ def keep_output_capturing(module: torch.nn.Module) -> None:
         return
     if getattr(module, "_can_record_outputs", None):
         _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
-
-
-def any_process(accelerator, flag: bool) -> bool:
-    """Collective: whether `flag` is true on any process (e.g. validation, decided on the main process only)."""
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor(int(flag), device=accelerator.device), "max"))

@@ -21,7 +21,7 @@ from tunelab.train.batches import BatchSource, micro_batches
 from tunelab.train.checkpoint import (Progress, prune_checkpoints, remove_leftovers, save_checkpoint,
                                       writing_checkpoint)
 from tunelab.train.config import RunConfig
-from tunelab.train.fsdp import any_process
+from tunelab.train.engines import any_process
 from tunelab.train.logs import TrainLogger
 from tunelab.train.nonfinite import NonfiniteSteps, record_skipped
 from tunelab.train.offload import OffloadedModules
